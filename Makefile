@@ -1,0 +1,42 @@
+# The README's two commands are `make demo` and `make test`; both set up .venv on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# CPU machines take the torch 2.13.0 CPU wheel; a GPU user sets TORCH_SPEC to their CUDA build (or leaves torch as is).
+TORCH_SPEC ?= torch==2.13.0
+export DS_ACCELERATOR ?= cpu
+export RAY_DEDUP_LOGS ?= 0
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+
+.PHONY: setup demo test test-slow bench bench-quick lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[text,s3,dev]"
+	touch $(STAMP)
+
+demo: setup          ## synthetic data -> shards -> 2-worker ZeRO-2 training -> eval -> registry
+	$(BIN)/mktn demo --output runs/demo
+
+test: setup          ## the default suite (CI runs this)
+	$(BIN)/python -m pytest -q
+
+test-slow: setup     ## multi-node, object-store and soak suites
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup         ## every benchmark, full size (~20 min on 2 cores)
+	$(BIN)/python -m bench.run_all
+
+bench-quick: setup
+	$(BIN)/python -m bench.run_all --quick
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs out bench/results

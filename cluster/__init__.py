@@ -1,0 +1,1 @@
+"""Everything distributed: Ray orchestration, DeepSpeed training, MLflow tracking/registry, the `mktn` CLI."""

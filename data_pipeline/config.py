@@ -1,0 +1,27 @@
+"""Typed config sections. `StrictConfig` is the base of every section in the project:
+unknown keys and wrong types are errors (the loader in `cluster.config` adds "did you mean")."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictConfig(BaseModel):
+    """A config section that forbids unknown keys and validates on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictConfig):
+    """Where shards live and how video groups are batched."""
+
+    train: str | None = Field(None, description="shard directory/URL (holding manifest.parquet) for training")
+    val: str | None = Field(None, description="shard directory/URL for validation")
+    max_clips: int = Field(64, ge=1, description="clips per video after mean-pool resampling")
+    max_words: int = Field(30, ge=1, description="words kept per sentence")
+    max_queries_per_batch: int = Field(64, ge=1, description="query budget of one batch (whole video groups)")
+    max_videos_per_batch: int = Field(16, ge=1, description="video budget of one batch")
+    shuffle_buffer: int = Field(256, ge=0, description="video groups in the shuffle buffer (0 = no shuffle)")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    max_corrupt_samples: int = Field(10, ge=0, description="corrupt samples skipped (and logged) before a run stops")
+    verify_checksums: bool = Field(True, description="check each shard's sha256 against the manifest before reading")

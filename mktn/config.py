@@ -1,0 +1,85 @@
+"""Model config: every hyper-parameter and every ablation switch of paper Tables 3-7."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from data_pipeline.config import StrictConfig
+
+
+class CSMConfig(StrictConfig):
+    """Cross-sentence semantic mining (paper Table 4 relations)."""
+
+    enabled: bool = True
+    temporal_position: bool = True  # positional embedding by annotation-order index
+    contextual_attention: bool = True  # self-attention among a video's queries
+    word_memory: bool = True  # decoder memory includes word-level tokens (cross-granularity)
+    cross_video: bool = False  # self-attention also across the videos of the batch
+    num_layers: int = Field(1, ge=1)
+
+
+class AVMConfig(StrictConfig):
+    """Adaptive video-query matching (Eq. 1-4; Table 5 threshold schedules)."""
+
+    enabled: bool = True
+    schedule: Literal["cosine", "linear", "fixed"] = "cosine"
+    phi_init: float = 0.1
+    phi_final: float = 0.3
+    negative_selection: bool = True  # drop likely false negatives above phi
+    self_weighted: bool = True  # theta from Eq. 4; False -> theta = 0.5
+
+
+class OPMConfig(StrictConfig):
+    """Object-phrase prototype matching."""
+
+    enabled: bool = True
+    num_appearance: int = Field(4, ge=1)  # N_a prototypes per clip
+    num_phrase: int = Field(4, ge=1)  # N_p prototypes per query
+    window: int = Field(3, ge=1)  # clips aggregated per prototype when features have no patches (C = 0)
+
+
+class APAConfig(StrictConfig):
+    """Activity-sentence prototype alignment."""
+
+    enabled: bool = True
+    num_activities: int = Field(8, ge=1)  # K activity queries
+    frame_mask: bool = True  # Eq. 5 block mask in the frame decoder
+
+
+class LossConfig(StrictConfig):
+    """Weights of Eq. 11: L = L_CL + lambda*L_1 + gamma*L_2 + mu*L_3."""
+
+    lambda_1: float = Field(0.1, ge=0)  # RINCE prototype losses (Eq. 8)
+    gamma: float = Field(1.0, ge=0)  # span CE (Eq. 9)
+    mu: float = Field(1.0, ge=0)  # float regression + CSM auxiliary (Eq. 10)
+    cl_weight: float = Field(0.1, ge=0)  # scale of L_CL (1.0 = the paper's Eq. 11)
+
+
+class TextConfig(StrictConfig):
+    """Word embeddings + sentence encoder behind one interface."""
+
+    word_embeddings: Literal["learned", "glove"] = "learned"
+    sentence_encoder: Literal["learned", "minilm"] = "learned"
+    word_dim: int = Field(50, ge=1)  # GloVe 6B 50-d when word_embeddings == glove
+    freeze_pretrained: bool = True
+
+
+class ModelConfig(StrictConfig):
+    """The whole MKTN model; `mode` picks multi-pair (the method) or single-pair (the baseline)."""
+
+    backbone: Literal["span", "proposal_map"] = "span"
+    mode: Literal["multi_pair", "single_pair"] = "multi_pair"
+    d_model: int = Field(128, ge=8)
+    num_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_span_clips: int | None = Field(None, ge=1)  # optional max decoded length, in clips
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    text: TextConfig = TextConfig()
+    csm: CSMConfig = CSMConfig()
+    avm: AVMConfig = AVMConfig()
+    opm: OPMConfig = OPMConfig()
+    apa: APAConfig = APAConfig()
+    loss: LossConfig = LossConfig()
+    gather_negatives: bool = False  # all_gather embeddings across workers for AVM/RINCE negatives
