@@ -96,7 +96,9 @@ def generate(
     mean_q = profile.mean_queries if mean_queries is None else mean_queries
     clips = profile.num_clips if num_clips is None else num_clips
     if mean_q < 1 or not 2 <= clips[0] <= clips[1]:
-        raise ValueError(f"need mean_queries >= 1 and 2 <= num_clips[0] <= num_clips[1], got {mean_q}, {clips}")
+        raise ValueError(
+            f"need mean_queries >= 1 and 2 <= num_clips[0] <= num_clips[1], got {mean_q}, {clips}"
+        )
     world = np.random.default_rng([world_seed, feature_dim])
     objects = _unit(world.standard_normal((len(OBJECTS), feature_dim)))
     actions = _unit(world.standard_normal((len(ACTIONS), feature_dim)))
@@ -135,9 +137,7 @@ def _video(
 
     clip_s = duration / n_clips
     queried = events[:n_queried]
-    phrasings = [
-        rng.permutation(len(SUBJECTS) * len(SUFFIXES))[: profile.queries_per_event] for _ in queried
-    ]
+    phrasings = [rng.permutation(len(SUBJECTS) * len(SUFFIXES))[: profile.queries_per_event] for _ in queried]
     refs = [(e, int(p)) for e, ps in zip(queried, phrasings) for p in ps][:n_queries]
     queries = []
     for index, k in enumerate(rng.permutation(len(refs))):
