@@ -128,14 +128,15 @@ def write_dataset(
     log: ErrorLog | None = None,
     source: dict[str, Any] | None = None,
     progress: bool = True,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Write `groups` as a prepared dataset at `out_url`; returns the `dataset.json` content.
 
     `vocab=None` builds the vocabulary from this dataset's sentences (pass the training
     vocabulary when writing a validation split). Shards roll over at `shard_size_mb`; a video
     group never straddles two shards. `log` (the prepare's error log) is summarised in
-    `dataset.json`; `source` records where the data came from. Any error while writing removes
-    everything written so far and re-raises.
+    `dataset.json`; `source` records where the data came from; `total` (videos expected) sizes
+    the progress bar. Any error while writing removes everything written so far and re-raises.
     """
     if shard_size_mb <= 0:
         raise ValueError(f"shard size must be > 0 MB, got {shard_size_mb}")
@@ -148,7 +149,7 @@ def write_dataset(
     keys: set[str] = set()
     shape: tuple[int, ...] | None = None
     try:
-        for group in tqdm(groups, desc=f"writing {out_url}", unit="video", disable=not progress):
+        for group in tqdm(groups, desc=f"writing {out_url}", unit="video", total=total, disable=not progress):
             shape = shape or group.features.shape[1:]
             key = _unique_key(group.video_id, keys)
             shard = writer.write(group, key)

@@ -18,6 +18,7 @@ FORMATS: tuple[AnnotationFormat, ...] = ("charades-sta", "activitynet", "tacos",
 
 __all__ = [
     "FORMATS",
+    "TimeUnit",
     "AnnotationFormat",
     "AnnotationRecord",
     "read_activitynet",
