@@ -120,7 +120,8 @@ def check_features(array: np.ndarray, source: str, feature_dim: int | None = Non
         raise DataError(f"{source}: features have shape {array.shape}: zero clips/tokens/dims")
     if feature_dim is not None and array.shape[-1] != feature_dim:
         raise DataError(f"{source}: feature dim {array.shape[-1]}, expected {feature_dim}")
-    out = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+        out = np.ascontiguousarray(array, dtype=np.float32)
     bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if bad:
         raise DataError(f"{source}: features contain {bad} NaN/inf values (after the cast to float32)")
