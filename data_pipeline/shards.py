@@ -16,6 +16,7 @@ which deletes them first (`dataset.json` first of all).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
@@ -51,8 +52,11 @@ class _ShardFile:
     bytes: int = 0
     videos: int = 0
     queries: int = 0
+    discard: bool = False  # set on abort: the tar trailer goes nowhere
 
     def write(self, data: bytes) -> int:
+        if self.discard:
+            return len(data)
         self.sha256.update(data)
         self.bytes += len(data)
         return self.stream.write(data)
@@ -112,7 +116,10 @@ class _DatasetWriter:
     def abort(self) -> None:
         """Drop the shard being written (never renamed) and every committed one."""
         if self.current is not None:
-            self.current.stream.close()
+            self.current.discard = True
+            self.writer.tarstream.close()
+            with contextlib.suppress(OSError):  # a full disk may refuse the final flush too
+                self.current.stream.close()
         self.fs.rm(posixpath.join(self.root, "shards"), recursive=True)
 
 
