@@ -252,8 +252,13 @@ def read_dataset_info(url: str) -> dict[str, Any]:
 
 
 def read_manifest(url: str) -> pa.Table:
-    """`manifest.parquet`: one row per video (shard, key, video_id, n_queries, n_clips, duration, split)."""
-    return _read_table(url, "manifest.parquet")
+    """`manifest.parquet`: one row per video (shard, key, video_id, n_queries, n_clips, duration, split).
+
+    Shard paths are checked like `shard_urls` does, so a row can never point outside the dataset.
+    """
+    table = _read_table(url, "manifest.parquet")
+    _checked_shards(table, f"{url}/manifest.parquet")
+    return table
 
 
 def read_shard_table(url: str) -> pa.Table:
@@ -265,14 +270,15 @@ def shard_urls(url: str) -> list[str]:
     """Full URLs of the dataset's shards, in order; a listed path that could leave the root is refused."""
     read_dataset_info(url)
     root = url.rstrip("/")
-    return [f"{root}/{shard}" for shard in _checked_shards(read_shard_table(url), url)]
+    return [f"{root}/{shard}" for shard in _checked_shards(read_shard_table(url), f"{url}/shards.parquet")]
 
 
 def shard_checksums(url: str) -> dict[str, str]:
     """Shard URL -> expected sha256, from the dataset's `shards.parquet`."""
     table = read_shard_table(url)
     root = url.rstrip("/")
-    return {f"{root}/{s}": h for s, h in zip(_checked_shards(table, url), table.column("sha256").to_pylist())}
+    shards = _checked_shards(table, f"{url}/shards.parquet")
+    return {f"{root}/{s}": h for s, h in zip(shards, table.column("sha256").to_pylist())}
 
 
 def _checked_shards(table: pa.Table, url: str) -> list[str]:

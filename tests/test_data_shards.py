@@ -147,6 +147,10 @@ def test_shard_paths_cannot_leave_the_dataset(tmp_path: Path) -> None:
         pq.write_table(table, tmp_path / "ds" / "shards.parquet")
         with pytest.raises(DataError, match=r"shards\.parquet: shard path .* is not of the form"):
             shard_urls(url)
+        table = read_manifest(url).set_column(0, "shard", pa.array([evil] * 3))
+        pq.write_table(table, tmp_path / "ds" / "manifest.parquet")
+        with pytest.raises(DataError, match=r"manifest\.parquet: shard path .* is not of the form"):
+            read_manifest(url)
     (tmp_path / "ds" / "dataset.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DataError, match="expected format 'mktn-dataset-v1'"):
         read_dataset_info(url)
