@@ -281,13 +281,14 @@ def shard_checksums(url: str) -> dict[str, str]:
     return {f"{root}/{s}": h for s, h in zip(shards, table.column("sha256").to_pylist())}
 
 
-def _checked_shards(table: pa.Table, url: str) -> list[str]:
+def _checked_shards(table: pa.Table, source: str) -> list[str]:
+    """The table's `shard` column, each entry required to be `shards/shard-NNNNNN.tar` (no `..`, no root)."""
+    if "shard" not in table.column_names:
+        raise DataError(f"{source}: no 'shard' column")
     shards = table.column("shard").to_pylist()
     for shard in shards:
         if not isinstance(shard, str) or not SHARD_PATH.match(shard):
-            raise DataError(
-                f"{url}/shards.parquet: shard path {shard!r} is not of the form shards/shard-NNNNNN.tar"
-            )
+            raise DataError(f"{source}: shard path {shard!r} is not of the form shards/shard-NNNNNN.tar")
     return shards
 
 
