@@ -142,12 +142,13 @@ def test_shard_paths_cannot_leave_the_dataset(tmp_path: Path) -> None:
 
     url = str(tmp_path / "ds")
     _write(url, generate(3, seed=0, feature_dim=8))
+    shards, manifest = read_shard_table(url), read_manifest(url)
     for evil in ["../outside.tar", "/etc/passwd", "shards/../../x.tar", "s3://bucket/shard-000000.tar"]:
-        table = read_shard_table(url).set_column(0, "shard", pa.array([evil]))
+        table = shards.set_column(0, "shard", pa.array([evil]))
         pq.write_table(table, tmp_path / "ds" / "shards.parquet")
         with pytest.raises(DataError, match=r"shards\.parquet: shard path .* is not of the form"):
             shard_urls(url)
-        table = read_manifest(url).set_column(0, "shard", pa.array([evil] * 3))
+        table = manifest.set_column(0, "shard", pa.array([evil] * 3))
         pq.write_table(table, tmp_path / "ds" / "manifest.parquet")
         with pytest.raises(DataError, match=r"manifest\.parquet: shard path .* is not of the form"):
             read_manifest(url)
