@@ -181,3 +181,23 @@ def test_real_charades_validation(shared_data: Path, tmp_path: Path) -> None:
     groups = list(build_video_groups(subset, store, BuildOptions("charades-sta"), log))
     assert log.skipped_queries == 4 and sum(g.num_queries for g in groups) == len(subset) - 4
     assert all(q.end <= g.duration for g in groups for q in g.queries)
+
+
+def test_real_activitynet_bad_timestamps(shared_data: Path, tmp_path: Path) -> None:
+    """train.json's four timestamps with start >= end are named by video and index; skip drops only them."""
+    videos = {"v_N7ppHQNikv8", "v_4rKTw99bM8g", "v_0bosp4-pyTM", "v_rhOtqArO-3Y"}
+    records = [
+        r
+        for r in read_annotations(
+            "activitynet", str(shared_data / "activitynet_captions/train.json"), ErrorLog()
+        )
+        if r.video_id in videos
+    ]
+    write_npy_features(tmp_path / "feats", videos)
+    store = NpyDirectory(str(tmp_path / "feats"))
+    with pytest.raises(DataError, match=r"train\.json:v_\S+\[\d+\]: start [\d.]+ >= end [\d.]+"):
+        list(build_video_groups(records, store, BuildOptions("activitynet"), ErrorLog()))
+    log = ErrorLog("skip")
+    groups = list(build_video_groups(records, store, BuildOptions("activitynet"), log))
+    assert log.skipped_queries == 4 and sum(g.num_queries for g in groups) == len(records) - 4
+    assert all(q.sentence == q.sentence.strip() for g in groups for q in g.queries)
