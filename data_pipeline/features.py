@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import posixpath
 import re
 from typing import Protocol
@@ -14,6 +15,7 @@ import numpy as np
 from data_pipeline.errors import DataError
 
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class FeatureStore(Protocol):
@@ -74,7 +76,14 @@ class HDF5File:
             raise DataError(
                 f"{self.url}: HDF5 key {key!r} is a group, not an array (set the HDF5 dataset key?)"
             )
-        return node[()]
+        if node.is_virtual:
+            raise DataError(
+                f"{self.url}: HDF5 key {key!r} is a virtual dataset (it reads other files); refused"
+            )
+        try:
+            return np.asarray(node[()])
+        except OSError as exc:
+            raise DataError(f"{self.url}: HDF5 key {key!r} could not be read ({exc})") from exc
 
     def close(self) -> None:
         self._h5.close()
@@ -91,17 +100,30 @@ def open_features(url: str, hdf5_key: str | None = None) -> NpyDirectory | HDF5F
 
 
 def load_npy(data: bytes, source: str) -> np.ndarray:
-    """Decode `.npy` bytes with `allow_pickle=False`; pickled or object arrays are refused, never executed."""
+    """Decode `.npy` bytes with `allow_pickle=False`; pickled or object arrays are refused, never executed.
+
+    Anything without the `.npy` magic (a pickle, an `.npz` archive) is refused, and the header's
+    shape must match the bytes that follow, so a forged 128-byte header cannot make numpy
+    allocate terabytes.
+    """
+    if not data.startswith(np.lib.format.MAGIC_PREFIX):
+        raise DataError(f"{source}: refusing a pickled/object .npy or other non-.npy data (no .npy header)")
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = _NPY_HEADERS[version](stream)
     except ValueError as exc:
-        if "pickle" in str(exc):
-            raise DataError(
-                f"{source}: refusing a pickled/object .npy (only plain numeric arrays are loaded)"
-            ) from exc
         raise DataError(f"{source}: not a valid .npy array ({exc})") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{source}: not a valid .npy array ({exc})") from exc
+    if dtype.hasobject:
+        raise DataError(f"{source}: refusing a pickled/object .npy (only plain numeric arrays are loaded)")
+    size, expected = len(data) - stream.tell(), math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise DataError(
+            f"{source}: not a valid .npy array (header declares {shape} {dtype}, {expected} bytes; {size} follow)"
+        )
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def check_features(array: np.ndarray, source: str, feature_dim: int | None = None) -> np.ndarray:

@@ -197,14 +197,27 @@ def write_dataset(
         "validation": (log or ErrorLog()).summary(),
         "source": source or {},
     }
+    try:
+        _write_metadata(fs, root, rows, writer.committed, vocab, info)
+    except OSError as exc:  # e.g. the disk filled up after the last shard
+        _remove(fs, root, [*OUTPUTS, "dataset.json.partial"])
+        raise DataError(
+            f"{out_url}: writing the dataset metadata failed ({exc}); nothing was committed"
+        ) from exc
+    return info
+
+
+def _write_metadata(
+    fs: Any, root: str, rows: list[dict[str, Any]], shards: list[dict[str, Any]], vocab: Vocab, info: dict
+) -> None:
+    """The tables, vocabulary and, last of all (by rename), `dataset.json` that marks the dataset complete."""
     _write_parquet(fs, posixpath.join(root, "manifest.parquet"), rows)
-    _write_parquet(fs, posixpath.join(root, "shards.parquet"), writer.committed)
+    _write_parquet(fs, posixpath.join(root, "shards.parquet"), shards)
     with fs.open(posixpath.join(root, "vocab.json"), "w") as f:
         f.write(vocab.to_json())
     with fs.open(posixpath.join(root, "dataset.json.partial"), "w") as f:
         json.dump(info, f, indent=2)
     fs.mv(posixpath.join(root, "dataset.json.partial"), posixpath.join(root, "dataset.json"))
-    return info
 
 
 def _prepare_output(fs: Any, root: str, url: str, overwrite: bool) -> None:
@@ -216,8 +229,14 @@ def _prepare_output(fs: Any, root: str, url: str, overwrite: bool) -> None:
             f"{url}: output already holds {existing} (a prepared dataset, or what a crashed run left); "
             "pass --overwrite to replace it"
         )
-    for name in existing:
-        fs.rm(posixpath.join(root, name), recursive=True)
+    _remove(fs, root, existing)
+
+
+def _remove(fs: Any, root: str, names: list[str]) -> None:
+    """Delete the named outputs under `root` (in order, `dataset.json` first when listed) that exist."""
+    for name in names:
+        if fs.exists(posixpath.join(root, name)):
+            fs.rm(posixpath.join(root, name), recursive=True)
 
 
 def _unique_key(video_id: str, used: set[str]) -> str:

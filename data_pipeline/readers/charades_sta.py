@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator, Mapping
 
 from data_pipeline.errors import DataError, ErrorLog
-from data_pipeline.readers.common import AnnotationRecord, number, read_bytes, read_json, read_lines
+from data_pipeline.readers.common import AnnotationRecord, number, read_json, read_lines, read_text
 
 
 def read_charades_sta(
@@ -46,19 +46,22 @@ def read_charades_durations(url: str) -> dict[str, float]:
     VSLNet reads the JSON and 2D-TAN the CSV; they agree to 0.02 s.
     """
     if url.endswith(".csv"):
-        rows = csv.DictReader(io.StringIO(read_bytes(url).decode("utf-8")))
-        if rows.fieldnames is None or not {"id", "length"} <= set(rows.fieldnames):
-            raise DataError(f"{url}: expected a Charades CSV with 'id' and 'length' columns")
-        return {row["id"]: number(_float(row["length"]), "length", f"{url}:{row['id']}") for row in rows}
+        rows = csv.DictReader(io.StringIO(read_text(url), newline=""))
+        try:
+            if rows.fieldnames is None or not {"id", "length"} <= set(rows.fieldnames):
+                raise DataError(f"{url}: expected a Charades CSV with 'id' and 'length' columns")
+            return {row["id"]: number(_float(row["length"]), "length", f"{url}:{row['id']}") for row in rows}
+        except csv.Error as exc:
+            raise DataError(f"{url}:{rows.line_num}: malformed CSV ({exc})") from exc
     data = read_json(url)
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "duration" in v for v in data.values()):
         raise DataError(f"{url}: expected charades.json form {{video: {{'duration': seconds, ...}}}}")
     return {vid: number(v["duration"], "duration", f"{url}:{vid}") for vid, v in data.items()}
 
 
-def _float(value: str) -> float | str:
-    """`value` parsed as a float, or left as the string so `number` reports it."""
+def _float(value: str | None) -> float | str | None:
+    """`value` parsed as a float, or left as is (a string, or None for a short CSV row) so `number` reports it."""
     try:
         return float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         return value

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +14,7 @@ import fsspec
 from data_pipeline.errors import DataError, ErrorLog
 
 TimeUnit = Literal["seconds", "frames"]
+_FLOAT_MAX = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,13 @@ class AnnotationRecord:
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole file at `url` (any fsspec URL); an empty or whitespace-only file is an error."""
+    """The whole file at `url` (any fsspec URL) without a UTF-8 byte-order mark; an empty file is an error."""
     try:
         with fsspec.open(url, "rb") as f:
             data = f.read()
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{url}: annotation file not found") from exc
+    data = data.removeprefix(codecs.BOM_UTF8)
     if not data.strip():
         raise DataError(f"{url}: file is empty (expected annotations)")
     return data
@@ -56,18 +59,29 @@ def read_lines(url: str, log: ErrorLog) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def read_json(url: str) -> Any:
-    """Parse a whole JSON document (UTF-8); errors name the file, line and column."""
+def read_text(url: str) -> str:
+    """The whole file decoded as UTF-8; a bad byte is an error naming the file and line."""
     data = read_bytes(url)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{url}:{line}: not valid UTF-8 (byte offset {exc.start})") from exc
+
+
+def read_json(url: str) -> Any:
+    """Parse a whole JSON document (UTF-8); errors name the file, line and column.
+
+    Numbers too long for Python's int conversion and nesting deeper than the recursion
+    limit are JSON errors too (json raises ValueError/RecursionError for those).
+    """
+    text = read_text(url)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{url}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{url}: invalid JSON ({exc})") from exc
 
 
 def read_jsonl(url: str, log: ErrorLog) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -78,6 +92,9 @@ def read_jsonl(url: str, log: ErrorLog) -> Iterator[tuple[str, dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             log.fail(DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        except (ValueError, RecursionError) as exc:
+            log.fail(DataError(f"{where}: invalid JSON ({exc})"))
             continue
         if not isinstance(obj, dict):
             log.fail(DataError(f"{where}: expected a JSON object, got {type(obj).__name__}"))
@@ -93,10 +110,10 @@ def require(obj: dict[str, Any], key: str, where: str) -> Any:
 
 
 def number(value: Any, what: str, where: str) -> float:
-    """`value` as a finite float; strings, booleans, NaN and infinities are errors."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise DataError(f"{where}: {what} must be a finite number, got {value!r}")
-    return float(value)
+    """`value` as a finite float; strings, booleans, NaN, infinities and ints beyond float range are errors."""
+    if not isinstance(value, bool) and isinstance(value, int | float) and abs(value) <= _FLOAT_MAX:
+        return float(value)  # NaN fails the comparison, so it lands below with the infinities
+    raise DataError(f"{where}: {what} must be a finite number, got {value!r:.80}")
 
 
 def text(value: Any, what: str, where: str) -> str:
@@ -124,7 +141,8 @@ def caption_records(
         try:
             stamps, sentences, duration, scale = _caption_entry(entry, where, unit)
         except DataError as exc:
-            log.fail(exc, queries=len(entry.get("sentences", ())) if isinstance(entry, dict) else 1)
+            sentences = entry.get("sentences") if isinstance(entry, dict) else None
+            log.fail(exc, queries=len(sentences) if isinstance(sentences, list) else 1)
             continue
         video_id = video.removesuffix(strip_suffix) if strip_suffix else video
         for k, (stamp, sentence) in enumerate(zip(stamps, sentences)):
