@@ -81,6 +81,13 @@ def test_tacos_seconds_form(tmp_path: Path) -> None:
         _read("tacos", path, tacos_unit="frames")
 
 
+def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfAO8RW 0.0 6.9##a person reads.\n")
+    (rec,), _ = _read("charades-sta", path, durations={"AO8RW": 33.67})
+    assert rec.video_id == "AO8RW"
+
+
 def test_generic_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     path.write_text(
