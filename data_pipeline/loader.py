@@ -44,12 +44,15 @@ class CorruptLog:
 
     def __call__(self, exc: Exception) -> bool:
         self.messages.append(f"{type(exc).__name__}: {exc}")
-        if len(self.messages) > self.limit:
-            raise DataError(
-                f"{len(self.messages)} corrupt samples, more than max_corrupt_samples={self.limit}; "
-                f"last: {self.messages[-1]}"
-            ) from exc
+        _check_limit(self.messages, self.limit)
         return True
+
+
+def _check_limit(messages: Sequence[str], limit: int) -> None:
+    if len(messages) > limit:
+        raise DataError(
+            f"{len(messages)} corrupt samples, more than max_corrupt_samples={limit}; last: {messages[-1]}"
+        )
 
 
 class BatchStream(Iterator[Batch]):
@@ -62,20 +65,18 @@ class BatchStream(Iterator[Batch]):
 
     @property
     def corrupt_messages(self) -> list[str]:
+        """What was wrong with each skipped sample (shard URL and key included)."""
         return [m for _, msgs in sorted(self._per_worker.items()) for m in msgs]
 
     @property
     def corrupt_samples(self) -> int:
+        """Corrupt samples skipped so far in this epoch, over all loader workers."""
         return sum(len(m) for m in self._per_worker.values())
 
     def __next__(self) -> Batch:
         for batch, worker, messages in self._items:
             self._per_worker[worker] = messages
-            if self.corrupt_samples > self._limit:
-                raise DataError(
-                    f"{self.corrupt_samples} corrupt samples, more than max_corrupt_samples={self._limit}; "
-                    f"last: {self.corrupt_messages[-1]}"
-                )
+            _check_limit(self.corrupt_messages, self._limit)
             if batch is not None:
                 return batch
         raise StopIteration
