@@ -171,7 +171,9 @@ def _pick_pairs(rng: np.random.Generator, n_queried: int, n_obj: int, n_act: int
         if pair not in pairs:
             pairs.append(pair)
     distractors: list[tuple[int, int]] = []
-    for obj, act in pairs[: max(1, min(n_queried, 8))]:
+    for obj, act in pairs[
+        :8
+    ]:  # long (TACoS) videos: distractors for the first 8 only, room stays for queries
         if rng.random() < 0.5:
             distractors.append((obj, int(rng.integers(n_act))))
         if rng.random() < 0.33:
@@ -197,18 +199,20 @@ def _place(
     kept = lengths[:n_queried]
     while sum(kept) + len(kept) - 1 > n_clips:
         kept[int(np.argmax(kept))] -= 1
-    for length in lengths[n_queried:]:
-        if sum(kept) + len(kept) + length <= n_clips:
-            kept.append(length)
-    free = n_clips - (sum(kept) + len(kept) - 1)
-    gaps = np.diff(np.sort(rng.integers(0, free + 1, size=len(kept))), prepend=0)
-    events: list[_Event | None] = [None] * len(kept)
+    spans = list(zip(pairs, kept))
+    for pair, length in zip(pairs[n_queried:], lengths[n_queried:]):
+        if sum(n for _, n in spans) + len(spans) + length <= n_clips:
+            spans.append((pair, length))
+    free = n_clips - (sum(n for _, n in spans) + len(spans) - 1)
+    gaps = np.diff(np.sort(rng.integers(0, free + 1, size=len(spans))), prepend=0)
+    events: list[_Event | None] = [None] * len(spans)
     cursor = 0
-    for k, gap in zip(rng.permutation(len(kept)), gaps):
+    for k, gap in zip(rng.permutation(len(spans)), gaps):
+        (obj, act), length = spans[k]
         cursor += int(gap)
         patch = int(rng.integers(1, num_patches + 1)) if num_patches else 0
-        events[k] = _Event(pairs[k][0], pairs[k][1], cursor, cursor + kept[k] - 1, patch)
-        cursor += kept[k] + 1
+        events[k] = _Event(obj, act, cursor, cursor + length - 1, patch)
+        cursor += length + 1
     return events
 
 
