@@ -53,7 +53,9 @@ def _read(fmt: str, path: Path, on_error: str = "raise") -> tuple[list, ErrorLog
         ("activitynet", "[" * 100_000 + "]" * 100_000, r"ann: invalid JSON \(maximum recursion depth"),
     ],
 )  # fmt: skip
-def test_extreme_json_numbers_and_nesting_are_named(tmp_path: Path, fmt: str, content: str, message: str) -> None:
+def test_extreme_json_numbers_and_nesting_are_named(
+    tmp_path: Path, fmt: str, content: str, message: str
+) -> None:
     path = tmp_path / "ann"
     path.write_text(content + "\n")
     with pytest.raises(DataError, match=message):
@@ -78,7 +80,10 @@ def test_video_entry_with_non_list_sentences_is_skipped_and_counted(tmp_path: Pa
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"id,length\nAO8RW\n", r"durations\.csv:AO8RW: length must be a finite number, got None"),  # short row
+        (
+            b"id,length\nAO8RW\n",
+            r"durations\.csv:AO8RW: length must be a finite number, got None",
+        ),  # short row
         (b"id,length\nAO8RW,3\n\xff\xfe,4\n", r"durations\.csv:3: not valid UTF-8"),
         (b"id,length\n" + b"x" * 200_000 + b",3\n", r"durations\.csv:\d+: malformed CSV \(field larger"),
         (b"id,length\nAO8RW,1e999\n", r"durations\.csv:AO8RW: length must be a finite number, got inf"),
@@ -120,7 +125,9 @@ def test_forged_npy_header_cannot_allocate_terabytes() -> None:
     np.lib.format.write_array_header_1_0(
         header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)}
     )
-    with pytest.raises(DataError, match=r"x\.npy: not a valid \.npy array \(header declares \(1000000000000, 4\)"):
+    with pytest.raises(
+        DataError, match=r"x\.npy: not a valid \.npy array \(header declares \(1000000000000, 4\)"
+    ):
         load_npy(header.getvalue(), "x.npy")
 
 
@@ -202,7 +209,9 @@ def _full_write(groups: list, free: int) -> tuple[BaseException | None, list[str
     _QuotaDisk.pseudo_dirs[:] = [""]
     _QuotaDisk.free = free
     try:
-        write_dataset(groups, "quotadisk://out", dataset="s", split="train", shard_size_mb=0.0005, progress=False)
+        write_dataset(
+            groups, "quotadisk://out", dataset="s", split="train", shard_size_mb=0.0005, progress=False
+        )
     except Exception as exc:  # the test inspects whatever escaped
         return exc, sorted(_QuotaDisk.store)
     return None, sorted(_QuotaDisk.store)
@@ -246,7 +255,9 @@ def test_disk_full_on_a_real_tmpfs(tmp_path: Path, groups: list) -> None:
     try:
         big = generate(6, seed=0, feature_dim=64, num_patches=4, num_clips=(20, 30))
         with pytest.raises(DataError, match=r"tiny/ds: writing shards failed .*No space left on device"):
-            write_dataset(big, str(mount / "ds"), dataset="s", split="train", shard_size_mb=0.02, progress=False)
+            write_dataset(
+                big, str(mount / "ds"), dataset="s", split="train", shard_size_mb=0.02, progress=False
+            )
         assert [p.name for p in mount.rglob("*") if p.is_file()] == []
     finally:
         subprocess.run(["umount", str(mount)], check=True)
