@@ -6,6 +6,7 @@ import io
 import math
 import posixpath
 import re
+import tokenize
 from typing import Protocol
 
 import fsspec
@@ -114,7 +115,7 @@ def load_npy(data: bytes, source: str) -> np.ndarray:
         if version not in _NPY_HEADERS:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, _, dtype = _NPY_HEADERS[version](stream)
-    except ValueError as exc:
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError) as exc:  # numpy's header parser on junk
         raise DataError(f"{source}: not a valid .npy array ({exc})") from exc
     if dtype.hasobject:
         raise DataError(f"{source}: refusing a pickled/object .npy (only plain numeric arrays are loaded)")
