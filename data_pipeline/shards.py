@@ -263,8 +263,8 @@ def read_dataset_info(url: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{url}: no dataset.json (not a prepared dataset, or its prepare did not finish)"
         ) from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8 (a pickle, say)
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc
     if not isinstance(info, dict) or info.get("format") != DATASET_FORMAT:
         raise DataError(f"{path}: expected format {DATASET_FORMAT!r}")
     return info

@@ -49,14 +49,18 @@ class Vocab:
         return json.dumps({"format": "mktn-vocab-v1", "words": self.itos[2:]})
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> Vocab:
+    def from_json(cls, text: str | bytes, source: str = "<string>") -> Vocab:
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"{source}: vocabulary is not valid JSON ({exc})") from exc
-        if not isinstance(obj, dict) or obj.get("format") != "mktn-vocab-v1" or not isinstance(obj.get("words"), list):
-            raise ValueError(f"{source}: expected {{'format': 'mktn-vocab-v1', 'words': [...]}}")
-        return cls(obj["words"])
+        words = obj.get("words") if isinstance(obj, dict) and obj.get("format") == "mktn-vocab-v1" else None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"{source}: expected {{'format': 'mktn-vocab-v1', 'words': [strings...]}}")
+        try:
+            return cls(words)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
 
     def save(self, url: str) -> None:
         with fsspec.open(url, "w") as f:
@@ -64,5 +68,5 @@ class Vocab:
 
     @classmethod
     def load(cls, url: str) -> Vocab:
-        with fsspec.open(url, "r") as f:
-            return cls.from_json(f.read(), source=url)
+        with fsspec.open(url, "rb") as f:
+            return cls.from_json(f.read(), source=url)  # bytes: json.loads decodes, naming bad UTF-8

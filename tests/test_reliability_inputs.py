@@ -261,3 +261,40 @@ def test_disk_full_on_a_real_tmpfs(tmp_path: Path, groups: list) -> None:
         assert [p.name for p in mount.rglob("*") if p.is_file()] == []
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+# ---- prepared-dataset metadata -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"\x80\x04K\x01.",
+            r"vocab\.json: vocabulary is not valid JSON",
+        ),  # not UTF-8: was a bare UnicodeDecodeError
+        (b"[" * 100_000, r"vocab\.json: vocabulary is not valid JSON \(maximum recursion"),
+        (
+            b'{"format": "mktn-vocab-v1", "words": ["a", {"b": 1}]}',
+            r"vocab\.json: expected .*strings",
+        ),  # TypeError
+        (
+            b'{"format": "mktn-vocab-v1", "words": ["a", "a"]}',
+            r"vocab\.json: vocabulary words must be unique",
+        ),
+        (b'["mktn-vocab-v1"]', r"vocab\.json: expected \{'format': 'mktn-vocab-v1'"),
+    ],
+)
+def test_bad_vocab_json_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    from data_pipeline.text import Vocab
+
+    (tmp_path / "vocab.json").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        Vocab.load(str(tmp_path / "vocab.json"))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}", b"[" * 100_000])
+def test_bad_dataset_json_is_named(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "dataset.json").write_bytes(content)
+    with pytest.raises(DataError, match=r"dataset\.json: invalid JSON"):
+        read_dataset_info(str(tmp_path))

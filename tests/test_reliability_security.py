@@ -1,0 +1,313 @@
+"""Nothing unsafe is loaded: a malicious pickle planted in every place the system reads data from is refused,
+and the file its payload would create never appears. Plus a scan of the source tree for unsafe loaders.
+
+The payload is an object whose `__reduce__` makes unpickling call `open(marker, "w")`: if anything in
+the code path unpickled it, the marker file would exist afterwards.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import pickle
+import re
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.config import ConfigError, load_config
+from data_pipeline.build import BuildOptions
+from data_pipeline.config import DataConfig
+from data_pipeline.errors import DataError
+from data_pipeline.features import HDF5File, NpyDirectory, check_features
+from data_pipeline.loader import iter_batches
+from data_pipeline.prepare import prepare_annotations
+from data_pipeline.sample import encode_sample
+from data_pipeline.shards import read_dataset_info, read_manifest, read_shard_table, shard_urls, write_dataset
+from data_pipeline.synthetic import generate
+from data_pipeline.text import Vocab
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Payload:
+    """Unpickling this creates `marker` (as an attacker's code would run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def marker(tmp_path: Path):
+    """The file the payload would create; every test ends by checking it was never created."""
+    path = tmp_path / "PWNED"
+    yield path
+    assert not path.exists(), "a planted pickle was executed"
+
+
+def _pickle(marker: Path) -> bytes:
+    return pickle.dumps(_Payload(marker))
+
+
+def _object_npy(marker: Path) -> bytes:
+    """A `.npy` holding an object array whose element is the payload (what np.save(allow_pickle=True) writes)."""
+    buf = io.BytesIO()
+    np.save(buf, np.array([_Payload(marker), 1], dtype=object), allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_the_payload_really_runs_when_unpickled(tmp_path: Path) -> None:
+    """Control: plain pickle and np.load(allow_pickle=True) do execute it, so the tests below mean something."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    pickle.loads(_pickle(first))
+    np.load(io.BytesIO(_object_npy(second)), allow_pickle=True)
+    assert first.exists() and second.exists()
+
+
+# ---- feature files ---------------------------------------------------------------------------------
+
+
+def test_feature_npy_with_pickle_is_refused(tmp_path: Path, marker: Path) -> None:
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    (feats / "obj.npy").write_bytes(_object_npy(marker))
+    (feats / "raw.npy").write_bytes(_pickle(marker))
+    store = NpyDirectory(str(feats))
+    with pytest.raises(DataError, match=r"obj\.npy: refusing a pickled/object \.npy"):
+        store.load("obj")
+    with pytest.raises(DataError, match=r"raw\.npy: refusing a pickled/object \.npy"):
+        store.load("raw")
+
+
+def test_prepare_refuses_a_pickled_feature_file(tmp_path: Path, marker: Path) -> None:
+    """Through the whole `mktn prepare` path: annotations fine, the video's features a pickle."""
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"video_id": "v1", "duration": 9, "start": 1, "end": 2, "sentence": "a dog"}))
+    (tmp_path / "feats").mkdir()
+    (tmp_path / "feats" / "v1.npy").write_bytes(_object_npy(marker))
+    with pytest.raises(DataError, match=r"v1\.npy: refusing a pickled/object \.npy"):
+        prepare_annotations(
+            "generic", str(ann), str(tmp_path / "feats"), str(tmp_path / "out"),
+            options=BuildOptions("generic"), progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
+def test_hdf5_feature_holding_a_pickle_is_refused(tmp_path: Path, marker: Path) -> None:
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as f:
+        f["opaque"] = np.void(_pickle(marker))
+        f["bytes"] = np.frombuffer(_pickle(marker), dtype=np.uint8).reshape(1, -1)
+    store = HDF5File(str(path))
+    try:
+        with pytest.raises(DataError, match=r"features have dtype \|V\d+, expected a float array"):
+            check_features(store.load("opaque"), "opaque")
+        with pytest.raises(DataError, match=r"features have dtype uint8, expected a float array"):
+            check_features(store.load("bytes"), "bytes")
+    finally:
+        store.close()
+
+
+# ---- shards: the attacker controls the whole dataset, checksums included ---------------------------
+
+
+def _resign(url: str) -> None:
+    """Recompute shards.parquet's sha256/bytes so a tampered shard passes the checksum (a forged dataset)."""
+    table = read_shard_table(url)
+    rows = table.to_pylist()
+    for row in rows:
+        data = Path(url, row["shard"]).read_bytes()
+        row["sha256"], row["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), Path(url, "shards.parquet"))
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        (lambda good, m: {"vid.json": good["json"], "vid.npy": _object_npy(m)}, r"refusing a pickled/object \.npy"),
+        (lambda good, m: {"vid.json": good["json"], "vid.npy": _pickle(m)}, r"refusing a pickled/object \.npy"),
+        (lambda good, m: {"vid.json": good["json"], "vid.npy": good["npy"], "vid.pyd": _pickle(m)},
+         r"members \['json', 'npy', 'pyd'\], expected exactly"),
+        (lambda good, m: {"vid.json": good["json"], "vid.pickle": _pickle(m)},
+         r"members \['json', 'pickle'\], expected exactly"),
+        (lambda good, m: {"vid.json": _pickle(m), "vid.npy": good["npy"]}, r"JSON does not match the sample schema"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("workers", [0, 1])
+def test_shard_member_with_pickle_is_refused(
+    tmp_path: Path, marker: Path, members, message: str, workers: int
+) -> None:
+    url = str(tmp_path / "ds")
+    write_dataset(generate(3, seed=0, feature_dim=8), url, dataset="s", split="train", shard_size_mb=0.001,
+                  progress=False)  # fmt: skip
+    good = encode_sample(generate(1, seed=5, feature_dim=8)[0], "vid")
+    Path(shard_urls(url)[0]).write_bytes(_tar(members(good, marker)))
+    _resign(url)
+    cfg = DataConfig(max_clips=8, shuffle_buffer=0, loader_workers=workers, max_corrupt_samples=5)
+    stream = iter_batches(shard_urls(url), Vocab.load(f"{url}/vocab.json"), cfg, shuffle=False)
+    videos = [v for batch in stream for v in batch.video_ids]
+    assert len(videos) == 2 and stream.corrupt_samples == 1
+    assert re.search(message, stream.corrupt_messages[0])
+
+
+@pytest.mark.parametrize("name", ["dataset.json", "vocab.json", "manifest.parquet", "shards.parquet"])
+def test_dataset_metadata_replaced_by_a_pickle_is_refused(tmp_path: Path, marker: Path, name: str) -> None:
+    url = str(tmp_path / "ds")
+    write_dataset(generate(2, seed=0, feature_dim=8), url, dataset="s", split="train", progress=False)
+    Path(url, name).write_bytes(_pickle(marker))
+    readers = {
+        "dataset.json": lambda: read_dataset_info(url),
+        "vocab.json": lambda: Vocab.load(f"{url}/vocab.json"),
+        "manifest.parquet": lambda: read_manifest(url),
+        "shards.parquet": lambda: shard_urls(url),
+    }
+    with pytest.raises(ValueError, match=rf"{name}: .*(JSON|Parquet)"):
+        readers[name]()
+
+
+# ---- configs ----------------------------------------------------------------------------------------
+
+
+def test_config_yaml_with_python_tags_is_refused(tmp_path: Path, marker: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text(f'train: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    with pytest.raises(ConfigError, match=r"evil\.yaml: not valid YAML"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(None, [f'train.lr=!!python/object/apply:builtins.open ["{marker}", "w"]'])
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+
+
+def test_checkpoint_files_with_pickles_are_refused(tmp_path: Path, marker: Path) -> None:
+    """DeepSpeed's own `torch.load(..., weights_only=False)` runs under `safe_torch_load`, which forces
+    weights_only: a planted pickle in a checkpoint's `.pt` file fails instead of running."""
+    checkpoint = pytest.importorskip("cluster.checkpoint", reason="training checkpoints not in this tree yet")
+    import torch
+
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.zeros(2)}, "evil": _Payload(marker)}, path)
+    with checkpoint.safe_torch_load():
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            torch.load(path, weights_only=False)  # what DeepSpeed's TorchCheckpointEngine passes
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path)
+    clean = tmp_path / "clean.pt"
+    torch.save({"module": {"w": torch.ones(2)}}, clean)
+    with checkpoint.safe_torch_load():
+        assert torch.load(clean)["module"]["w"].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_export_of_a_planted_checkpoint_is_refused(tmp_path: Path, marker: Path, zero_stage: int) -> None:
+    """Consolidating weights (ZeRO 0: the module file; ZeRO 1-3: DeepSpeed's zero_to_fp32 reading every rank's
+    optimizer and model states) from a checkpoint folder whose `.pt` files are pickles."""
+    export = pytest.importorskip("cluster.export", reason="model export not in this tree yet")
+    import torch
+
+    ds = tmp_path / "ckpt" / "ds"
+    ds.mkdir(parents=True)
+    state = {"format": "mktn-checkpoint-v1", "epochs_done": 1, "global_step": 4, "run_id": "r", "world_size": 1,
+             "zero_stage": zero_stage, "metrics": {}}  # fmt: skip
+    (tmp_path / "ckpt" / "mktn_state.json").write_text(json.dumps(state))
+    (tmp_path / "ckpt" / "latest").write_text("ds")
+    for name in ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]:
+        torch.save({"module": {"w": torch.zeros(2)}, "evil": _Payload(marker)}, ds / name)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        export.consolidated_state_dict(str(tmp_path / "ckpt"))
+
+
+# ---- the source tree ---------------------------------------------------------------------------------
+
+_UNSAFE_CALLS = {
+    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),
+    ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("joblib", "load"), ("marshal", "loads"),
+    ("shelve", "open"), ("pd", "read_pickle"), ("pandas", "read_pickle"), ("yaml", "unsafe_load"),
+    ("yaml", "full_load"), ("pytorch", "load_model"), ("sklearn", "load_model"),
+}  # fmt: skip
+
+
+def _unsafe_loads(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, what) for every call that could unpickle or run code from data."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func, kwargs = node.func, {k.arg: k.value for k in node.keywords}
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        owner = func.value if isinstance(func, ast.Attribute) else None
+        owner_name = (
+            owner.id
+            if isinstance(owner, ast.Name)
+            else owner.attr
+            if isinstance(owner, ast.Attribute)
+            else ""
+        )
+        if (owner_name, name) in _UNSAFE_CALLS or (isinstance(func, ast.Name) and name in {"eval", "exec"}):
+            found.append((node.lineno, f"{owner_name}.{name}".lstrip(".")))
+        elif (owner_name, name) == ("torch", "load") and not _is_true(kwargs.get("weights_only")):
+            found.append((node.lineno, "torch.load without weights_only=True"))
+        elif owner_name in {"np", "numpy"} and name == "load" and _is_true(kwargs.get("allow_pickle")):
+            found.append((node.lineno, "np.load(allow_pickle=True)"))
+        elif (owner_name, name) == ("yaml", "load") and not _is_safe_loader(kwargs.get("Loader")):
+            found.append((node.lineno, "yaml.load without SafeLoader"))
+    return found
+
+
+def _is_true(value: ast.expr | None) -> bool:
+    return isinstance(value, ast.Constant) and value.value is True
+
+
+def _is_safe_loader(value: ast.expr | None) -> bool:
+    return isinstance(value, ast.Attribute) and value.attr in {"SafeLoader", "CSafeLoader"}
+
+
+def test_scan_finds_the_unsafe_patterns() -> None:
+    """The scanner itself: each unsafe form is flagged, the safe forms are not."""
+    source = """
+pickle.loads(b); torch.load(p); torch.load(p, weights_only=False); np.load(p, allow_pickle=True)
+yaml.load(s); eval(s); mlflow.pytorch.load_model(u); cloudpickle.load(f)
+torch.load(p, weights_only=True); np.load(p, allow_pickle=False); np.load(p); yaml.load(s, Loader=yaml.SafeLoader)
+yaml.safe_load(s); model.eval(); json.loads(s)
+"""
+    found = [what for _, what in _unsafe_loads(ast.parse(source))]
+    assert found == [
+        "pickle.loads", "torch.load without weights_only=True", "torch.load without weights_only=True",
+        "np.load(allow_pickle=True)", "yaml.load without SafeLoader", "eval", "pytorch.load_model",
+        "cloudpickle.load",
+    ]  # fmt: skip
+
+
+def test_no_unsafe_deserialisation_in_the_source_tree() -> None:
+    """Every package and benchmark: no pickle/marshal/shelve loads, torch.load only with weights_only=True,
+    np.load never with allow_pickle=True, YAML only through the safe loader, no pickle-based MLflow flavours."""
+    files = [
+        p for d in ("data_pipeline", "mktn", "cluster", "bench") for p in sorted((REPO / d).rglob("*.py"))
+    ]
+    assert len(files) > 20
+    problems = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for path in files
+        for line, what in _unsafe_loads(ast.parse(path.read_text(), str(path)))
+    ]
+    assert problems == []
