@@ -169,6 +169,36 @@ def test_shard_member_with_pickle_is_refused(
     assert re.search(message, stream.corrupt_messages[0])
 
 
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+@pytest.mark.parametrize("target", ["outside.npy", "../../outside.npy", "ABSOLUTE"])
+def test_links_in_a_shard_are_never_followed(tmp_path: Path, kind: bytes, target: str) -> None:
+    """A (re-signed) shard whose `.npy` member is a symlink or hard link to a file outside the dataset:
+    the sample is skipped and counted, and the outside file's values never reach a batch."""
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.full((6, 8), 7.0, np.float32))
+    url = str(tmp_path / "ds")
+    write_dataset(generate(3, seed=0, feature_dim=8), url, dataset="s", split="train", shard_size_mb=0.001,
+                  progress=False)  # fmt: skip
+    good = encode_sample(generate(1, seed=5, feature_dim=8)[0], "vid")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("vid.json")
+        info.size = len(good["json"])
+        tar.addfile(info, io.BytesIO(good["json"]))
+        link = tarfile.TarInfo("vid.npy")
+        link.type, link.linkname = kind, str(outside) if target == "ABSOLUTE" else target
+        tar.addfile(link)
+    Path(shard_urls(url)[0]).write_bytes(buf.getvalue())
+    _resign(url)
+    stream = iter_batches(
+        shard_urls(url), Vocab.load(f"{url}/vocab.json"), DataConfig(max_clips=8), shuffle=False
+    )
+    batches = list(stream)
+    assert sum(len(b.video_ids) for b in batches) == 2 and stream.corrupt_samples == 1
+    assert "members ['json'], expected exactly ['json', 'npy']" in stream.corrupt_messages[0]
+    assert not any((b.video_feats == 7.0).any() for b in batches)
+
+
 @pytest.mark.parametrize("name", ["dataset.json", "vocab.json", "manifest.parquet", "shards.parquet"])
 def test_dataset_metadata_replaced_by_a_pickle_is_refused(tmp_path: Path, marker: Path, name: str) -> None:
     url = str(tmp_path / "ds")
