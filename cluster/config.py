@@ -121,7 +121,7 @@ def apply_override(tree: dict, dotted: str) -> None:
         raise ConfigError(f"override '{dotted}': empty key segment")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # also a 5000-digit number, deep nesting
         raise ConfigError(f"override '{dotted}': value is not valid YAML ({exc})") from exc
     node = tree
     for p in parts[:-1]:
@@ -142,7 +142,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> JobConfig:
                 tree = yaml.safe_load(f) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: config file not found") from exc
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # also non-UTF-8 bytes, deep nesting
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")

@@ -298,3 +298,30 @@ def test_bad_dataset_json_is_named(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "dataset.json").write_bytes(content)
     with pytest.raises(DataError, match=r"dataset\.json: invalid JSON"):
         read_dataset_info(str(tmp_path))
+
+
+# ---- configs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "override"),
+    [
+        (b"[" * 5000, "[" * 5000),  # was RecursionError
+        (
+            b"train:\n  lr: " + b"9" * 5000,
+            "9" * 5000,
+        ),  # was a bare ValueError (int conversion limit), no file
+        (b"train:\n  lr: \xff\n", None),  # was UnicodeDecodeError without the file
+    ],
+)
+def test_config_beyond_the_parser_limits_is_named(
+    tmp_path: Path, content: bytes, override: str | None
+) -> None:
+    from cluster.config import ConfigError, load_config
+
+    (tmp_path / "job.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML"):
+        load_config(str(tmp_path / "job.yaml"))
+    if override is not None:
+        with pytest.raises(ConfigError, match=r"override 'train\.lr=.*': value is not valid YAML"):
+            load_config(None, [f"train.lr={override}"])
