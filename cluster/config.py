@@ -33,6 +33,7 @@ class TrainConfig(StrictConfig):
     keep_best: int = Field(2, ge=1)
     best_metric: str = "R1@0.5"
     log_every_steps: int = Field(5, ge=1)
+    record_batches: bool = False  # audit: each worker writes the video/query ids of its batches to <output>/batches/
 
 
 class ClusterConfig(StrictConfig):
@@ -58,6 +59,7 @@ class MlflowConfig(StrictConfig):
     experiment: str = "mktn"
     run_name: str | None = None
     register_as: str | None = None  # registered model name, e.g. mktn-charades
+    patience_s: float = Field(900.0, gt=0)  # how long tracking calls keep retrying an unreachable server
 
 
 class JobConfig(StrictConfig):

@@ -1,0 +1,225 @@
+"""`mktn train`: one distributed training job, from config to exported model; the same on a laptop or a cluster.
+
+1. The run folder: a new one, or the one `--resume` continues (same config, same MLflow run).
+2. The datasets' manifests and vocabulary; `preflight` checks the job against the cluster; Ray is started
+   locally with this machine's CPUs (and GPUs), or joined at `--address` / `RAY_ADDRESS`.
+3. The MLflow run (params, tags) and its metric sink (see `cluster.metric_sink`).
+4. Ray Train's `TorchTrainer` runs `train_worker` on N workers; `FailureConfig(max_failures)` restarts a
+   dead worker group from the last checkpoint; Ray keeps the best K checkpoints by the configured metric
+   (and always the latest).
+5. The final checkpoint is exported as a standalone model; figures, the checkpoint and the model are
+   logged as artifacts; the run is closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import ray
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from cluster import checkpoint, plots, preflight, tracking
+from cluster.assign import DatasetShards, read_dataset_shards
+from cluster.config import JobConfig
+from cluster.export import export_checkpoint
+from cluster.metric_sink import read_spool, remote_sink
+from cluster.plan import build_plan
+from cluster.run_folder import RUN_FILE, RunFolder, resumed_config
+from cluster.storage import pyarrow_filesystem
+from cluster.worker import train_worker
+from data_pipeline.shards import read_dataset_info
+from data_pipeline.text import Vocab
+
+log = logging.getLogger(__name__)
+RAY_RUN_NAME = "train"
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished job produced and where to find it."""
+
+    folder: RunFolder
+    metrics: dict[str, float]  # the last validation (percent), as rank 0 reported it
+    checkpoint: str
+    model_dir: str
+    train_qps: float
+    train_vps: float
+    seconds: float
+
+
+def train(
+    job: JobConfig | None, output: str, *, address: str | None = None, resume: bool = False
+) -> TrainOutcome:
+    """Run (or with `resume`, continue) the training job `job` with its run folder at `output`."""
+    started = time.perf_counter()
+    path = Path(output).resolve()
+    if resume:
+        folder = RunFolder.read(path)
+        folder.job = resumed_config(folder.job, job)
+    elif (path / RUN_FILE).exists():
+        raise ValueError(
+            f"{path} already holds a training run; pass --resume to continue it or choose another --output"
+        )
+    elif job is None:
+        raise ValueError("a config is needed to start a new run")
+    job = folder.job if resume else job
+    if not job.data.train or not job.data.val:
+        raise ValueError("data.train and data.val must name prepared datasets (see `mktn prepare`)")
+    train_data, val_data = read_dataset_shards(job.data.train), read_dataset_shards(job.data.val)
+    features = _feature_spec(job)
+    vocab_json = Vocab.load(f"{job.data.train.rstrip('/')}/vocab.json").to_json()
+    we_started_ray = _connect_ray(
+        job, train_data, val_data, address or job.cluster.address or os.environ.get("RAY_ADDRESS")
+    )
+    try:
+        tracking.use_short_http_retries()
+        patience = job.mlflow.patience_s
+        if resume:
+            client = MlflowClient(folder.tracking_uri)
+            tracking.retrying(client.update_run, folder.run_id, status="RUNNING", what="reopening the run",
+                              patience_s=patience)  # fmt: skip
+        else:
+            uri = tracking.tracking_uri(job, str(path))
+            client = MlflowClient(uri)
+            tags = _run_tags(job, train_data, val_data, features)
+            folder = RunFolder(path, job, uri, tracking.open_run(client, job, str(path), tags, patience))
+        folder.status = "running"
+        folder.write()
+        sink = remote_sink(folder.tracking_uri, folder.run_id, folder.spool, tracking.HTTP_ENV)
+        plan = build_plan(job, str(path), train_data, val_data, vocab_json, features, folder.run_id, sink)
+        try:
+            result = _trainer(job, folder, plan).fit()
+        except Exception:
+            ray.get(sink.drain.remote(patience))
+            tracking.retrying(
+                client.set_terminated, folder.run_id, "FAILED", what="closing the run", patience_s=patience
+            )
+            folder.status = "failed"
+            folder.write()
+            raise
+        if ray.get(sink.drain.remote(patience)):
+            raise tracking.TrackingUnavailable(
+                f"MLflow at {folder.tracking_uri} did not take every metric within mlflow.patience_s={patience:g}; "
+                f"they are kept in {folder.spool}: run `mktn train --output {path} --resume` to send them"
+            )
+        outcome = _finish(client, folder, result, started)
+    finally:
+        if we_started_ray:
+            ray.shutdown()
+    return outcome
+
+
+def _connect_ray(job: JobConfig, train: DatasetShards, val: DatasetShards, address: str | None) -> bool:
+    """Check the job against the cluster and start or join Ray; True when this call started a local Ray."""
+    if ray.is_initialized() or address:
+        if not ray.is_initialized():
+            ray.init(address=address, logging_level=logging.WARNING)
+        preflight.check_job(job, train, val, ray.cluster_resources())
+        return False
+    import torch
+
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    preflight.check_job(job, train, val, {"CPU": cpus, "GPU": gpus})  # before any Ray process starts
+    ray.init(num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING)
+    return True
+
+
+def _trainer(job: JobConfig, folder: RunFolder, plan: Any) -> TorchTrainer:
+    cluster, train = job.cluster, job.train
+    resources = {"CPU": cluster.cpus_per_worker} | (
+        {"GPU": cluster.gpus_per_worker} if cluster.use_gpu else {}
+    )
+    storage_fs, storage_path = pyarrow_filesystem(folder.storage)
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(
+            num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
+        ),  # fmt: skip
+        run_config=RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cluster.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=train.keep_best,
+                checkpoint_score_attribute=train.best_metric,
+                checkpoint_score_order="max",
+            ),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cluster.use_gpu else "cpu"}},
+        ),
+    )
+
+
+def _finish(client: MlflowClient, folder: RunFolder, result: Any, started: float) -> TrainOutcome:
+    """Export the final checkpoint, draw the figures, log the artifacts and close the MLflow run."""
+    patience, path = folder.job.mlflow.patience_s, folder.path
+    model_dir = str(path / "model")
+    with result.checkpoint.as_directory() as directory:
+        export_checkpoint(directory, model_dir)
+        predictions = checkpoint.read_json(directory, "val_predictions.json")
+        tracking.retrying(client.log_artifacts, folder.run_id, directory, "checkpoint",
+                          what="logging the final checkpoint", patience_s=patience)  # fmt: skip
+    records = read_spool(Path(folder.spool) / "metrics.jsonl")
+    plots.training_curves(records, str(path / "plots" / "training_curves.png"))
+    plots.moments_figure(predictions, str(path / "plots" / "val_moments.png"))
+    for local, artifact_path in ((path / "plots", "plots"), (path / "model", "model")):
+        tracking.retrying(client.log_artifacts, folder.run_id, str(local), artifact_path,
+                          what=f"logging {artifact_path}", patience_s=patience)  # fmt: skip
+    folder.status = "finished"
+    folder.write()
+    tracking.retrying(client.log_artifact, folder.run_id, str(path / RUN_FILE), what="logging run.json",
+                      patience_s=patience)  # fmt: skip
+    tracking.retrying(
+        client.set_terminated, folder.run_id, "FINISHED", what="closing the run", patience_s=patience
+    )
+    qps = [r["values"]["train/qps"] for r in records if "train/qps" in r["values"]]
+    vps = [r["values"]["train/vps"] for r in records if "train/vps" in r["values"]]
+    metrics = {k: v for k, v in result.metrics.items() if k in preflight.METRIC_KEYS}
+    return TrainOutcome(folder, metrics, result.checkpoint.path, model_dir, _steady(qps), _steady(vps),
+                        time.perf_counter() - started)  # fmt: skip
+
+
+def _steady(values: list[float]) -> float:
+    """Median throughput of the logging windows after the first (warm-up) one."""
+    return statistics.median(values[1:] or values) if values else 0.0
+
+
+def _feature_spec(job: JobConfig) -> dict[str, Any]:
+    """The training set's feature dim, tokens per clip and name; the validation set must have the same features."""
+    train, val = read_dataset_info(job.data.train), read_dataset_info(job.data.val)
+    spec = {key: train[key] for key in ("feature_dim", "tokens_per_clip")}
+    if {key: val[key] for key in spec} != spec:
+        raise ValueError(f"data.val ({job.data.val}) has features {[val[k] for k in spec]} "
+                         f"but data.train has {list(spec.values())} (feature_dim, tokens_per_clip)")  # fmt: skip
+    return spec | {"dataset": train["dataset"]}
+
+
+def _run_tags(
+    job: JobConfig, train: DatasetShards, val: DatasetShards, features: dict[str, Any]
+) -> dict[str, str]:
+    commit = tracking.git_commit()
+    return {
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        "world_size": str(job.cluster.num_workers),
+        "zero_stage": str(job.deepspeed.zero_stage),
+        "dataset": str(features["dataset"]),
+        "manifest_hash": _manifest_sha256(train.url),
+        "val_manifest_hash": _manifest_sha256(val.url),
+    }
+
+
+def _manifest_sha256(dataset_url: str) -> str:
+    with fsspec.open(f"{dataset_url.rstrip('/')}/manifest.parquet", "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
