@@ -13,6 +13,7 @@ import io
 import json
 import pickle
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -265,6 +266,87 @@ def test_export_of_a_planted_checkpoint_is_refused(tmp_path: Path, marker: Path,
         torch.save({"module": {"w": torch.zeros(2)}, "evil": _Payload(marker)}, ds / name)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         export.consolidated_state_dict(str(tmp_path / "ckpt"))
+
+
+# ---- exported models and the registry ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model saved by `mktn.export.save_model` (safetensors + JSON)."""
+    export = pytest.importorskip("mktn.export", reason="model export not in this tree yet")
+    from mktn.config import ModelConfig
+    from mktn.model import build_model
+
+    model = build_model(ModelConfig(), Vocab.build(["a person opens a door"]), 8, 1, 8)
+    return Path(export.save_model(model, str(tmp_path_factory.mktemp("export") / "model")))
+
+
+def test_exported_model_folder_with_a_pickle_is_refused(exported: Path, tmp_path: Path, marker: Path) -> None:
+    """Each file of an exported model replaced by a pickle in turn: loading never runs it, and a
+    replaced weights or JSON file is refused. Pickles next to the real files (`model.pkl`,
+    `pytorch_model.bin`) are never read."""
+    from mktn.export import load_model
+
+    files = sorted(p.relative_to(exported) for p in exported.rglob("*") if p.is_file())
+    assert any(f.suffix == ".safetensors" for f in files) and not any(
+        f.suffix in {".pt", ".pkl"} for f in files
+    )
+    for k, rel in enumerate(files):
+        copy = Path(shutil.copytree(exported, tmp_path / f"copy{k}"))
+        (copy / rel).write_bytes(_pickle(marker))
+        if rel.suffix in {".safetensors", ".json"}:
+            with pytest.raises(Exception):  # noqa: B017 - the property is "refused", whatever the library's error
+                load_model(str(copy))
+    extra = Path(shutil.copytree(exported, tmp_path / "extra"))
+    for name in ["model.pkl", "pytorch_model.bin", "model.pt"]:
+        (extra / name).write_bytes(_pickle(marker))
+    load_model(str(extra))
+
+
+@pytest.fixture
+def registered(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The exported model registered in a throwaway SQLite MLflow registry; returns its `models:/` URI."""
+    registry = pytest.importorskip("cluster.registry", reason="model registry not in this tree yet")
+    monkeypatch.chdir(tmp_path)  # the default artifact root (./mlruns) lands in tmp_path
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return registry.register(
+        str(exported), name="mktn-security", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    ).uri
+
+
+def _artifact(root: Path, pattern: str) -> Path:
+    (found,) = [p for p in root.rglob(pattern) if "mlruns" in p.parts]
+    return found
+
+
+def test_registry_artifact_with_a_pickle_is_refused(registered: str, tmp_path: Path, marker: Path) -> None:
+    """The registered version's safetensors replaced by a pickle in the artifact store: `mktn predict`'s
+    loader refuses it without running it."""
+    from cluster.pyfunc_model import load_predictor
+
+    _artifact(tmp_path, "*.safetensors").write_bytes(_pickle(marker))
+    with pytest.raises(Exception):  # noqa: B017 - the property is "refused", whatever the library's error
+        load_predictor(registered)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a models:/ URI is loaded with mlflow.pyfunc.load_model, which runs the code file stored in the "
+    "artifact (models from code); loading the mktn_model artifact folder with mktn.export.load_model "
+    "would run nothing from the registry",
+)
+def test_registry_artifact_code_file_is_not_run(registered: str, tmp_path: Path) -> None:
+    """A tampered artifact store replaces the stored entry file: predicting must not execute it."""
+    from cluster.pyfunc_model import load_predictor
+
+    ran = tmp_path / "CODE-RAN"
+    entry = _artifact(tmp_path, "pyfunc_entry.py")
+    entry.write_text(f"open({str(ran)!r}, 'w')\n" + entry.read_text())
+    try:
+        load_predictor(registered)
+    finally:
+        assert not ran.exists(), "code from the registry artifact was executed"
 
 
 # ---- the source tree ---------------------------------------------------------------------------------
