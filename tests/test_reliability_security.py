@@ -278,8 +278,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mktn.config import ModelConfig
     from mktn.model import build_model
 
-    model = build_model(ModelConfig(), Vocab.build(["a person opens a door"]), 8, 1, 8)
-    return Path(export.save_model(model, str(tmp_path_factory.mktemp("export") / "model")))
+    folder = tmp_path_factory.mktemp("export") / "model"
+    export.save_model(build_model(ModelConfig(), Vocab.build(["a person opens a door"]), 8, 1, 8), str(folder))
+    return folder
 
 
 def test_exported_model_folder_with_a_pickle_is_refused(exported: Path, tmp_path: Path, marker: Path) -> None:
