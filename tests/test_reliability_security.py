@@ -279,7 +279,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mktn.model import build_model
 
     folder = tmp_path_factory.mktemp("export") / "model"
-    export.save_model(build_model(ModelConfig(), Vocab.build(["a person opens a door"]), 8, 1, 8), str(folder))
+    export.save_model(
+        build_model(ModelConfig(), Vocab.build(["a person opens a door"]), 8, 1, 8), str(folder)
+    )
     return folder
 
 
