@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from data_pipeline.config import StrictConfig
 
@@ -29,6 +29,8 @@ class AVMConfig(StrictConfig):
     phi_final: float = 0.3
     negative_selection: bool = True  # drop likely false negatives above phi
     self_weighted: bool = True  # theta from Eq. 4; False -> theta = 0.5
+    visual_contrast: bool = True  # Table 5 "visual feature": the negative-video term of Eq. 3
+    textual_contrast: bool = True  # Table 5 "textual feature": the negative-query term of Eq. 3
 
 
 class OPMConfig(StrictConfig):
@@ -38,6 +40,8 @@ class OPMConfig(StrictConfig):
     num_appearance: int = Field(4, ge=1)  # N_a prototypes per clip
     num_phrase: int = Field(4, ge=1)  # N_p prototypes per query
     window: int = Field(3, ge=1)  # clips aggregated per prototype when features have no patches (C = 0)
+    appearance_prototypes: bool = True  # Table 6 CAP: sparse prototype aggregation (off: raw tokens/words)
+    cross_modal_alignment: bool = True  # Table 6 OCA: max-max object-phrase matching (off: pooled cosine)
 
 
 class APAConfig(StrictConfig):
@@ -46,6 +50,8 @@ class APAConfig(StrictConfig):
     enabled: bool = True
     num_activities: int = Field(8, ge=1)  # K activity queries
     frame_mask: bool = True  # Eq. 5 block mask in the frame decoder
+    motion_prototypes: bool = True  # Table 7 BMP: frame + activity decoders (off: one mean-pooled prototype)
+    dynamic_alignment: bool = True  # Table 7 AA: s_es = max over activities (off: mean over activities)
 
 
 class LossConfig(StrictConfig):
@@ -55,6 +61,18 @@ class LossConfig(StrictConfig):
     gamma: float = Field(1.0, ge=0)  # span CE (Eq. 9)
     mu: float = Field(1.0, ge=0)  # float regression + CSM auxiliary (Eq. 10)
     cl_weight: float = Field(0.1, ge=0)  # scale of L_CL (1.0 = the paper's Eq. 11)
+    rince_scale: float = Field(5.0, gt=0)  # RINCE logits = rince_scale * cosine similarity
+    rince_tau_init: float = Field(0.5, gt=0, le=1)  # initial q of RINCE (Eq. 6-7), learnable in (0, 1]
+    rince_alpha_init: float = Field(0.5, gt=0, le=1)  # initial lambda of RINCE, learnable in (0, 1]
+
+
+class ProposalMapConfig(StrictConfig):
+    """The 2D temporal proposal map head (2D-TAN-like backbone)."""
+
+    conv_layers: int = Field(2, ge=1)  # 2D convolutions over the moment map
+    kernel_size: int = Field(3, ge=1)
+    min_iou: float = Field(0.5, ge=0, lt=1)  # IoU scaled to 0 at min_iou and 1 at max_iou (2D-TAN targets)
+    max_iou: float = Field(1.0, gt=0, le=1)
 
 
 class TextConfig(StrictConfig):
@@ -63,7 +81,7 @@ class TextConfig(StrictConfig):
     word_embeddings: Literal["learned", "glove"] = "learned"
     sentence_encoder: Literal["learned", "minilm"] = "learned"
     word_dim: int = Field(50, ge=1)  # GloVe 6B 50-d when word_embeddings == glove
-    freeze_pretrained: bool = True
+    freeze_pretrained: bool = True  # GloVe rows stay fixed (unknown words learn); MiniLM is always frozen
 
 
 class ModelConfig(StrictConfig):
@@ -76,6 +94,7 @@ class ModelConfig(StrictConfig):
     dropout: float = Field(0.1, ge=0, lt=1)
     max_span_clips: int | None = Field(None, ge=1)  # optional max decoded length, in clips
     nms_iou: float = Field(0.5, gt=0, le=1)
+    proposal_map: ProposalMapConfig = ProposalMapConfig()
     text: TextConfig = TextConfig()
     csm: CSMConfig = CSMConfig()
     avm: AVMConfig = AVMConfig()
@@ -83,3 +102,14 @@ class ModelConfig(StrictConfig):
     apa: APAConfig = APAConfig()
     loss: LossConfig = LossConfig()
     gather_negatives: bool = False  # all_gather embeddings across workers for AVM/RINCE negatives
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+    @property
+    def cross_pair(self) -> bool:
+        """True in multi-pair mode: CSM/AVM/OPM/APA run; single-pair mode turns them all off."""
+        return self.mode == "multi_pair"

@@ -1,0 +1,227 @@
+"""MKTN: the multi-thread knowledge transfer network wrapped around a grounding backbone (paper Fig. 2).
+
+Per-video work (video encoder, appearance and activity prototypes) runs once per video of the
+batch; per-query work (text, CSM, fusion, heads, losses) runs batched over all queries, reading
+each query's video by a gather. In single-pair mode (the baseline) every query gets its own copy
+of its video, encoded per pair, and the cross-pair modules (CSM, AVM, OPM, APA) are not built.
+
+    L = cl_weight * L_CL + lambda * L_1 + gamma * L_2 + mu * L_3        (Eq. 11; cl_weight = 1 in the paper)
+
+L_CL is AVM's contrast (Eq. 3), L_1 the RINCE prototype alignments (Eq. 8), L_2 the backbone's
+grounding loss (Eq. 9 for the span head), L_3 the float predictor (Eq. 10) plus CSM's auxiliary
+moment regression.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from data_pipeline.batch import Batch
+from data_pipeline.text import Vocab
+from mktn.apa import APA
+from mktn.avm import AVM, negative_videos, threshold, video_query_scores
+from mktn.config import ModelConfig
+from mktn.csm import CSM, moment_loss
+from mktn.decode import Moment, decode_moments
+from mktn.distributed import gather_pairs, world_size
+from mktn.fusion import CoAttentionFusion
+from mktn.heads import FloatPredictor, HeadOutput, build_head, float_loss
+from mktn.opm import OPM, clip_units
+from mktn.pairs import PairEmbeddings
+from mktn.rince import RINCE
+from mktn.text import TextEncoder, TextEncoding
+from mktn.video_encoder import VideoEncoder, VideoEncoding
+
+LOSS_KEYS = ("total", "L_CL", "L_1", "L_2", "L_3")
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass returns.
+
+    `losses` has `LOSS_KEYS` (0-tensors for disabled parts) when the loss was computed, else is empty.
+    `log_scores` (B_q, T, T) scores every moment [clip s, clip e]; `offsets` (B_q, T, 2) are the float
+    predictor's (O_s, O_e); `phi` is AVM's threshold at this progress (0.0 when AVM is off).
+    """
+
+    log_scores: Tensor
+    offsets: Tensor
+    clip_mask: Tensor
+    phi: float
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    csm_moments: Tensor | None = None
+
+
+class MKTN(nn.Module):
+    """The whole model; build it with `build_model` (or `mktn.export.load_model` for a saved one)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: Vocab,
+        feature_dim: int,
+        tokens_per_clip: int,
+        max_clips: int,
+        saved_text: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if feature_dim < 1 or tokens_per_clip < 1 or max_clips < 1:
+            raise ValueError(f"feature_dim, tokens_per_clip and max_clips must be >= 1, got "
+                             f"{feature_dim}, {tokens_per_clip}, {max_clips}")  # fmt: skip
+        self.cfg, self.vocab = cfg, vocab
+        self.feature_dim, self.tokens_per_clip, self.max_clips = feature_dim, tokens_per_clip, max_clips
+        d, heads, drop = cfg.d_model, cfg.num_heads, cfg.dropout
+        self.video_encoder = VideoEncoder(feature_dim, d, heads, max_clips, drop)
+        self.text_encoder = TextEncoder(cfg.text, vocab.itos, d, heads, drop, saved_identity=saved_text)
+        cross = cfg.cross_pair
+        self.csm = CSM(cfg.csm, d, heads, drop) if cross and cfg.csm.enabled else None
+        self.avm = AVM(cfg.avm, d, heads, drop) if cross and cfg.avm.enabled else None
+        self.opm = OPM(cfg.opm, d) if cross and cfg.opm.enabled else None
+        self.apa = APA(cfg.apa, d, max_clips) if cross and cfg.apa.enabled else None
+        loss = cfg.loss
+        has_rince = self.opm is not None or self.apa is not None
+        self.rince = RINCE(loss.rince_tau_init, loss.rince_alpha_init, loss.rince_scale) if has_rince else None
+        self.fusion = CoAttentionFusion(d, drop)
+        self.head = build_head(cfg)
+        self.float_predictor = FloatPredictor(d, drop)
+
+    # ---- the two halves: per-video and per-query work --------------------------------------------
+
+    def encode_videos(self, feats: Tensor, mask: Tensor) -> VideoEncoding:
+        """Per-video work: features (B_v, T, C+1, d_in) and clip mask (B_v, T) -> `VideoEncoding`."""
+        return self.video_encoder(feats, mask)
+
+    def encode_text(self, batch: Batch) -> TextEncoding:
+        """Per-query text work: word features and sentence features of every query of `batch`."""
+        return self.text_encoder(batch.word_ids, batch.word_mask, batch.sentences)
+
+    def forward(self, batch: Batch, progress: float = 1.0, compute_loss: bool = True) -> ModelOutput:
+        """Ground every query of `batch`; `progress` in [0, 1] drives AVM's threshold (Eq. 2)."""
+        self._check(batch)
+        feats, mask, query_video = batch.video_feats, batch.video_mask, batch.query_video
+        if not self.cfg.cross_pair:  # single-pair baseline: one copy of the video per query
+            feats, mask = feats[query_video], mask[query_video]
+            query_video = torch.arange(batch.num_queries, device=feats.device)
+        return self.ground(batch, self.encode_videos(feats, mask), query_video, progress, compute_loss)
+
+    def ground(
+        self, batch: Batch, videos: VideoEncoding, query_video: Tensor, progress: float = 1.0, compute_loss: bool = True
+    ) -> ModelOutput:
+        """Per-query work over already encoded `videos`; `query_video` (B_q,) indexes them."""
+        text = self.encode_text(batch)
+        own = videos.select(query_video)
+        words_ws = self.fusion.project_query(text.words)
+        sentence, moments = text.sentence, None
+        if self.csm is not None:
+            sentence, moments = self.csm(
+                text.sentence, batch.query_index, query_video, own.clips, own.mask, text.words, text.mask
+            )
+        fused = self.fusion(own.clips, own.mask, words_ws, text.mask, sentence)
+        head_out = self.head(fused, own.mask, sentence)
+        offsets = self.float_predictor(fused)
+        phi = threshold(self.cfg.avm, progress) if self.avm is not None else 0.0
+        out = ModelOutput(head_out.log_scores, offsets, own.mask, phi, csm_moments=moments)
+        if compute_loss:
+            out.losses = self._losses(batch, videos, text, words_ws, query_video, own.mask, head_out, out)
+        return out
+
+    # ---- losses ---------------------------------------------------------------------------------
+
+    def _losses(
+        self,
+        batch: Batch,
+        videos: VideoEncoding,
+        text: TextEncoding,
+        words_ws: Tensor,
+        query_video: Tensor,
+        clip_mask: Tensor,
+        head_out: HeadOutput,
+        out: ModelOutput,
+    ) -> dict[str, Tensor]:
+        zero = out.offsets.new_zeros(())
+        l2 = self.head.loss(head_out, clip_mask, batch.start_idx, batch.end_idx, batch.clip_times)
+        l3 = float_loss(out.offsets, batch.start_idx, batch.end_idx, batch.clip_times)
+        if out.csm_moments is not None:
+            l3 = l3 + moment_loss(out.csm_moments, batch.times / batch.durations[batch.query_video, None])
+        l_cl, l1 = zero, zero
+        if self.avm is not None or self.rince is not None:
+            pairs = self._pair_embeddings(videos, text, words_ws, query_video)
+            if self.cfg.gather_negatives and world_size() > 1:
+                pairs = gather_pairs(pairs)
+            l_cl, l1 = self._cross_pair_losses(pairs, out.phi)
+        w = self.cfg.loss
+        total = w.cl_weight * l_cl + w.lambda_1 * l1 + w.gamma * l2 + w.mu * l3
+        return dict(zip(LOSS_KEYS, (total, l_cl, l1, l2, l3)))
+
+    def _pair_embeddings(
+        self, videos: VideoEncoding, text: TextEncoding, words_ws: Tensor, query_video: Tensor
+    ) -> PairEmbeddings:
+        """The local embeddings the cross-pair losses compare.
+
+        Design choice: the alignment losses use the text encoder's q_e, not CSM's feature, which has
+        already attended to its own video and would make the positive pair trivially identifiable.
+        """
+        pairs = PairEmbeddings(query_video=query_video, clip_mask=videos.mask, word_mask=text.mask)
+        if self.avm is not None:
+            pairs.clips, pairs.words_ws = videos.clips, words_ws
+            pairs.video_embed = self.avm.embed(videos.clips, videos.mask)
+            pairs.query_embed = self.avm.embed(text.words, text.mask)
+        if self.opm is not None:
+            pairs.appearance, pairs.appearance_mask = self.opm.appearance(videos.tokens, videos.mask)
+            pairs.phrases, pairs.phrase_mask = self.opm.phrases(text.words, text.mask)
+        if self.apa is not None:
+            objects, object_mask = (
+                (pairs.appearance, pairs.appearance_mask) if self.opm is not None
+                else clip_units(videos.tokens, videos.mask, self.cfg.opm.window)
+            )  # fmt: skip
+            pairs.activities = self.apa.prototypes(objects, object_mask, videos.clips, videos.mask)
+            pairs.sentence = text.sentence
+        return pairs
+
+    def _cross_pair_losses(self, pairs: PairEmbeddings, phi: float) -> tuple[Tensor, Tensor]:
+        """L_CL (Eq. 3) and L_1 (Eq. 8) over the (possibly gathered) batch."""
+        l_cl = l1 = pairs.clip_mask.new_zeros((), dtype=torch.float32)
+        if self.avm is not None:
+            with torch.no_grad():
+                scores = video_query_scores(pairs.clips, pairs.clip_mask, pairs.words_ws, pairs.word_mask)
+            negatives = negative_videos(scores, pairs.query_video, phi, self.cfg.avm.negative_selection)
+            l_cl = self.avm.loss(pairs.video_embed, pairs.query_embed, negatives, pairs.query_video, phi)
+        if self.opm is not None:
+            s_op = self.opm.scores(pairs.appearance, pairs.appearance_mask, pairs.phrases, pairs.phrase_mask)
+            l1 = l1 + self.rince(s_op, pairs.query_video)
+        if self.apa is not None:
+            l1 = l1 + self.rince(self.apa.scores(pairs.activities, pairs.sentence), pairs.query_video)
+        return l_cl, l1
+
+    # ---- decoding and identity ------------------------------------------------------------------
+
+    def decode(self, output: ModelOutput, batch: Batch, top_k: int = 5) -> list[list[Moment]]:
+        """Ranked (start_s, end_s, score) moments per query: best spans with s <= e, temporal NMS, float refinement."""
+        qv = batch.query_video
+        return decode_moments(
+            output.log_scores, output.offsets, batch.num_clips[qv], batch.durations[qv], top_k, self.cfg.nms_iou
+        )
+
+    def text_state(self) -> dict[str, Any]:
+        """Vocabulary + text encoder identity: with the weights, enough to predict from raw sentences."""
+        return {"format": "mktn-text-v1", "vocab": json.loads(self.vocab.to_json()), **self.text_encoder.identity()}
+
+    def _check(self, batch: Batch) -> None:
+        """Clear errors for batches that do not fit this model (instead of a shape error deep inside)."""
+        _, t, p, d = batch.video_feats.shape
+        if d != self.feature_dim or p != self.tokens_per_clip:
+            raise ValueError(f"batch features have {p} tokens/clip of dim {d}; the model was built for "
+                             f"{self.tokens_per_clip} tokens/clip of dim {self.feature_dim}")  # fmt: skip
+        if batch.word_ids.numel() and int(batch.word_ids.max()) >= len(self.vocab):
+            raise ValueError(f"word id {int(batch.word_ids.max())} is outside the model's vocabulary of "
+                             f"{len(self.vocab)} words: encode sentences with the model's vocab")  # fmt: skip
+
+
+def build_model(cfg: ModelConfig, vocab: Vocab, feature_dim: int, tokens_per_clip: int, max_clips: int) -> MKTN:
+    """A freshly initialised MKTN for features of `feature_dim` with `tokens_per_clip` = C+1 tokens per clip."""
+    return MKTN(cfg, vocab, feature_dim, tokens_per_clip, max_clips)
