@@ -65,9 +65,13 @@ class AVM(nn.Module):
 
     def embed(self, x: Tensor, mask: Tensor) -> Tensor:
         """F' = Norm(zeta(F)) pooled over the real clips/words: (B, N, d) -> unit vectors (B, d)."""
-        return nn.functional.normalize(masked_mean(self.zeta(x, src_key_padding_mask=~mask), mask, dim=1), dim=-1)
+        return nn.functional.normalize(
+            masked_mean(self.zeta(x, src_key_padding_mask=~mask), mask, dim=1), dim=-1
+        )
 
-    def loss(self, video: Tensor, query: Tensor, negatives: Tensor, query_video: Tensor, phi: float) -> Tensor:
+    def loss(
+        self, video: Tensor, query: Tensor, negatives: Tensor, query_video: Tensor, phi: float
+    ) -> Tensor:
         """L_CL (Eq. 3) from unit embeddings video (B_v, d), query (B_q, d) and the negative mask (B_v, B_q)."""
         sim = video @ query.T  # S(v_i, w_j), a cosine
         dist = (2 - 2 * sim.detach()).clamp_min(0).sqrt()  # ||v_i - w_j|| for unit vectors

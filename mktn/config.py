@@ -74,6 +74,12 @@ class ProposalMapConfig(StrictConfig):
     min_iou: float = Field(0.5, ge=0, lt=1)  # IoU scaled to 0 at min_iou and 1 at max_iou (2D-TAN targets)
     max_iou: float = Field(1.0, gt=0, le=1)
 
+    @model_validator(mode="after")
+    def _iou_range(self) -> ProposalMapConfig:
+        if self.min_iou >= self.max_iou:
+            raise ValueError(f"min_iou ({self.min_iou}) must be below max_iou ({self.max_iou})")
+        return self
+
 
 class TextConfig(StrictConfig):
     """Word embeddings + sentence encoder behind one interface."""
@@ -82,6 +88,14 @@ class TextConfig(StrictConfig):
     sentence_encoder: Literal["learned", "minilm"] = "learned"
     word_dim: int = Field(50, ge=1)  # GloVe 6B 50-d when word_embeddings == glove
     freeze_pretrained: bool = True  # GloVe rows stay fixed (unknown words learn); MiniLM is always frozen
+
+    @model_validator(mode="after")
+    def _glove_width(self) -> TextConfig:
+        if self.word_embeddings == "glove" and self.word_dim != 50:
+            raise ValueError(
+                f"word_embeddings=glove gives 50-d vectors (GloVe 6B 50d); set word_dim=50, not {self.word_dim}"
+            )
+        return self
 
 
 class ModelConfig(StrictConfig):

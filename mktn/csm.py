@@ -5,8 +5,10 @@ embedding (a learned linear map of the sinusoidal code) of its index in its vide
 would leak labels at test time), then the transformer decoder tau lets queries attend to each
 other (contextual relation; only queries of the same video unless `cross_video`) and
 cross-attend to the multi-modal memory F_mem^j = [F_v^j; F_w^j] of the query's own video clips
-and, for the cross-granularity relation, its own words. Design choice: F_v^j are the video's
-attended global clip tokens (T per video), which already summarise the patches. A parallel
+and, for the cross-granularity relation, its own words. Design choices: F_v^j are the video's
+attended global clip tokens (T per video), which already summarise the patches, plus a learned
+map of the sinusoidal code of each clip's relative position i / N_v, so that the regression can
+read where in the video the attended clips are (as DETR-style decoders add positions to keys). A parallel
 regression MLP outputs normalised (t_s, t_e) per query (auxiliary loss in L_3); the decoded
 per-query feature replaces q_e downstream.
 """
@@ -20,13 +22,17 @@ from torch import Tensor, nn
 from mktn.config import CSMConfig
 from mktn.layers import mlp, sinusoidal
 
+POSITION_RESOLUTION = 100.0  # relative clip positions in [0, 1) are encoded at 1/100 of the video per unit
+
 
 class CSMLayer(nn.Module):
     """One pre-norm decoder block: query self-attention (optional), cross-attention to memory, FFN."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float, contextual: bool):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout, batch_first=True) if contextual else None
+        self.self_attn = (
+            nn.MultiheadAttention(d_model, num_heads, dropout, batch_first=True) if contextual else None
+        )
         self.cross_attn = nn.MultiheadAttention(d_model, num_heads, dropout, batch_first=True)
         self.ffn = mlp(d_model, 2 * d_model, d_model, dropout=dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
@@ -38,7 +44,9 @@ class CSMLayer(nn.Module):
             h = self.norms[0](x)[None]
             x = x + self.dropout(self.self_attn(h, h, h, attn_mask=~related, need_weights=False)[0][0])
         h = self.norms[1](x)[:, None]
-        x = x + self.dropout(self.cross_attn(h, memory, memory, key_padding_mask=~memory_mask, need_weights=False)[0][:, 0])
+        x = x + self.dropout(
+            self.cross_attn(h, memory, memory, key_padding_mask=~memory_mask, need_weights=False)[0][:, 0]
+        )
         return x + self.dropout(self.ffn(self.norms[2](x)))
 
 
@@ -52,6 +60,7 @@ class CSM(nn.Module):
             CSMLayer(d_model, num_heads, dropout, cfg.contextual_attention) for _ in range(cfg.num_layers)
         )
         self.position = nn.Linear(d_model, d_model) if cfg.temporal_position else None
+        self.memory_position = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.regress = mlp(d_model, d_model, 2, dropout=dropout)
 
@@ -75,6 +84,10 @@ class CSM(nn.Module):
         related = torch.ones(len(x), len(x), dtype=torch.bool, device=x.device)
         if not self.cfg.cross_video:
             related = query_video[:, None] == query_video[None, :]
+        relative = torch.arange(clips.shape[1], device=x.device) / clip_mask.sum(1, keepdim=True).clamp_min(1)
+        clips = clips + self.memory_position(
+            sinusoidal(relative * POSITION_RESOLUTION, x.shape[-1]).to(x.dtype)
+        )
         memory, memory_mask = clips, clip_mask
         if self.cfg.word_memory:
             memory, memory_mask = torch.cat([clips, words], 1), torch.cat([clip_mask, word_mask], 1)

@@ -43,7 +43,12 @@ def top_moments(log_scores: Tensor, top_k: int, nms_iou: float) -> tuple[Tensor,
 
 
 def decode_moments(
-    log_scores: Tensor, offsets: Tensor, num_clips: Tensor, durations: Tensor, top_k: int = 5, nms_iou: float = 0.5
+    log_scores: Tensor,
+    offsets: Tensor,
+    num_clips: Tensor,
+    durations: Tensor,
+    top_k: int = 5,
+    nms_iou: float = 0.5,
 ) -> list[list[Moment]]:
     """Ranked `(start_s, end_s, score)` lists, one per query; `score` = exp(log-score) (P_s P_e, or the map's sigmoid).
 

@@ -67,7 +67,9 @@ def gather_pairs(pairs: PairEmbeddings) -> PairEmbeddings:
     names = pairs.present()
     tensors = [getattr(pairs, n) for n in names]
     cols = list(accumulate((t.dim() for t in tensors), initial=0))
-    local = torch.tensor([s for t in tensors for s in t.shape], dtype=torch.long, device=pairs.clip_mask.device)
+    local = torch.tensor(
+        [s for t in tensors for s in t.shape], dtype=torch.long, device=pairs.clip_mask.device
+    )
     table = _gather_plain(local)  # (world, total number of dims): every worker's shapes
     gathered = {n: _gather_tensor(x, table[:, c : c + x.dim()]) for n, x, c in zip(names, tensors, cols)}
     videos, queries = table[:, cols[names.index("clip_mask")]], table[:, cols[names.index("word_mask")]]

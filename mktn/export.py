@@ -53,7 +53,9 @@ def load_model(folder: str) -> MKTN:
     fs, root = fsspec.core.url_to_fs(folder)
     for name in (WEIGHTS, CONFIG, VOCAB):
         if not fs.exists(f"{root}/{name}"):
-            raise FileNotFoundError(f"{folder}: missing {name} (expected a folder written by mktn.export.save_model)")
+            raise FileNotFoundError(
+                f"{folder}: missing {name} (expected a folder written by mktn.export.save_model)"
+            )
     with fs.open(f"{root}/{CONFIG}", "r") as f:
         try:
             meta = json.load(f)
@@ -72,8 +74,12 @@ def load_model(folder: str) -> MKTN:
     )  # fmt: skip
     with fs.open(f"{root}/{WEIGHTS}", "rb") as f:
         state = load_safetensors(f.read())
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{folder}/{WEIGHTS} does not match its config: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        resized = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+        raise ValueError(f"{folder}/{WEIGHTS} does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, other shape {resized[:5]}")  # fmt: skip
+    model.load_state_dict(state)
     return model.eval()

@@ -46,7 +46,9 @@ def pack(groups: Sequence[VideoGroup], max_videos: int, max_queries: int) -> Ite
 
 
 @torch.no_grad()
-def evaluate(model: MKTN, groups: Sequence[VideoGroup], max_videos: int = 16, max_words: int = 30) -> dict[str, float]:
+def evaluate(
+    model: MKTN, groups: Sequence[VideoGroup], max_videos: int = 16, max_words: int = 30
+) -> dict[str, float]:
     """`grounding_metrics` of `model` on `groups` (eval mode, decoded top-5)."""
     model.eval()
     preds, gts = [], []
@@ -74,7 +76,9 @@ def fit(
     order, groups = random.Random(seed), list(train)
     steps = epochs * sum(1 for _ in pack(groups, max_videos, max_queries))
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps, pct_start=1 / max(epochs, 1))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=lr, total_steps=steps, pct_start=1 / max(epochs, 1)
+    )
     start, step, last = time.perf_counter(), 0, 0.0
     for _ in tqdm(range(epochs), desc="epochs", disable=not progress_bar):
         model.train()

@@ -85,7 +85,9 @@ class MKTN(nn.Module):
         self.apa = APA(cfg.apa, d, max_clips) if cross and cfg.apa.enabled else None
         loss = cfg.loss
         has_rince = self.opm is not None or self.apa is not None
-        self.rince = RINCE(loss.rince_tau_init, loss.rince_alpha_init, loss.rince_scale) if has_rince else None
+        self.rince = (
+            RINCE(loss.rince_tau_init, loss.rince_alpha_init, loss.rince_scale) if has_rince else None
+        )
         self.fusion = CoAttentionFusion(d, drop)
         self.head = build_head(cfg)
         self.float_predictor = FloatPredictor(d, drop)
@@ -110,7 +112,12 @@ class MKTN(nn.Module):
         return self.ground(batch, self.encode_videos(feats, mask), query_video, progress, compute_loss)
 
     def ground(
-        self, batch: Batch, videos: VideoEncoding, query_video: Tensor, progress: float = 1.0, compute_loss: bool = True
+        self,
+        batch: Batch,
+        videos: VideoEncoding,
+        query_video: Tensor,
+        progress: float = 1.0,
+        compute_loss: bool = True,
     ) -> ModelOutput:
         """Per-query work over already encoded `videos`; `query_video` (B_q,) indexes them."""
         text = self.encode_text(batch)
@@ -204,12 +211,21 @@ class MKTN(nn.Module):
         """Ranked (start_s, end_s, score) moments per query: best spans with s <= e, temporal NMS, float refinement."""
         qv = batch.query_video
         return decode_moments(
-            output.log_scores, output.offsets, batch.num_clips[qv], batch.durations[qv], top_k, self.cfg.nms_iou
+            output.log_scores,
+            output.offsets,
+            batch.num_clips[qv],
+            batch.durations[qv],
+            top_k,
+            self.cfg.nms_iou,
         )
 
     def text_state(self) -> dict[str, Any]:
         """Vocabulary + text encoder identity: with the weights, enough to predict from raw sentences."""
-        return {"format": "mktn-text-v1", "vocab": json.loads(self.vocab.to_json()), **self.text_encoder.identity()}
+        return {
+            "format": "mktn-text-v1",
+            "vocab": json.loads(self.vocab.to_json()),
+            **self.text_encoder.identity(),
+        }
 
     def _check(self, batch: Batch) -> None:
         """Clear errors for batches that do not fit this model (instead of a shape error deep inside)."""
@@ -222,6 +238,8 @@ class MKTN(nn.Module):
                              f"{len(self.vocab)} words: encode sentences with the model's vocab")  # fmt: skip
 
 
-def build_model(cfg: ModelConfig, vocab: Vocab, feature_dim: int, tokens_per_clip: int, max_clips: int) -> MKTN:
+def build_model(
+    cfg: ModelConfig, vocab: Vocab, feature_dim: int, tokens_per_clip: int, max_clips: int
+) -> MKTN:
     """A freshly initialised MKTN for features of `feature_dim` with `tokens_per_clip` = C+1 tokens per clip."""
     return MKTN(cfg, vocab, feature_dim, tokens_per_clip, max_clips)

@@ -59,7 +59,9 @@ class OPM(nn.Module):
     def __init__(self, cfg: OPMConfig, d_model: int):
         super().__init__()
         self.cfg = cfg
-        self.appearance_net = SparseAggregator(d_model, cfg.num_appearance) if cfg.appearance_prototypes else None
+        self.appearance_net = (
+            SparseAggregator(d_model, cfg.num_appearance) if cfg.appearance_prototypes else None
+        )
         self.phrase_net = SparseAggregator(d_model, cfg.num_phrase) if cfg.appearance_prototypes else None
 
     def appearance(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,7 +79,9 @@ class OPM(nn.Module):
         protos = self.phrase_net(words, word_mask)
         return protos, torch.ones(protos.shape[:-1], dtype=torch.bool, device=protos.device)
 
-    def scores(self, appearance: Tensor, appearance_mask: Tensor, phrases: Tensor, phrase_mask: Tensor) -> Tensor:
+    def scores(
+        self, appearance: Tensor, appearance_mask: Tensor, phrases: Tensor, phrase_mask: Tensor
+    ) -> Tensor:
         """S_op (B_v, B_q): s_op of every video against every query."""
         a, p = F.normalize(appearance, dim=-1), F.normalize(phrases, dim=-1)
         if not self.cfg.cross_modal_alignment:
@@ -86,7 +90,9 @@ class OPM(nn.Module):
             return F.normalize(pooled_a, dim=-1) @ F.normalize(pooled_p, dim=-1).T
         sim = torch.einsum("vtad,qpd->vqtap", a, p)
         allowed = appearance_mask[:, None, :, :, None] & phrase_mask[None, :, None, None, :]
-        best = sim.masked_fill(~allowed, NEG).amax(dim=(2, 4))  # max over clips i and phrases j: (B_v, B_q, N_a)
+        best = sim.masked_fill(~allowed, NEG).amax(
+            dim=(2, 4)
+        )  # max over clips i and phrases j: (B_v, B_q, N_a)
         slots = appearance_mask.any(dim=1)  # (B_v, N_a): prototype slots present in the video
         return (best * slots[:, None]).sum(-1) / slots.sum(-1, keepdim=True).clamp_min(1)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from torch import Tensor
 
+
 @dataclass
 class PairEmbeddings:
     """Video-side tensors lead with B_v, query-side ones with B_q; `query_video` (B_q,) links them.

@@ -54,5 +54,7 @@ class RINCE(nn.Module):
         q_to_v = rince(logits[query_video], q, ~same_video | torch.eye(len(q), dtype=torch.bool, device=sim.device),
                        self.tau, self.alpha)  # fmt: skip
         # Eq. 7: row = query j over all videos.
-        v_to_q = rince(logits.T, query_video, torch.ones_like(logits.T, dtype=torch.bool), self.tau, self.alpha)
+        v_to_q = rince(
+            logits.T, query_video, torch.ones_like(logits.T, dtype=torch.bool), self.tau, self.alpha
+        )
         return q_to_v + v_to_q

@@ -39,7 +39,9 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, feature_dim: int, d_model: int, num_heads: int, max_clips: int, dropout: float):
         super().__init__()
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model))
+        self.project = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model)
+        )
         self.position = nn.Embedding(max_clips, d_model)
         nn.init.normal_(self.position.weight, std=0.02)
         self.attention = encoder_layer(d_model, num_heads, dropout)
@@ -48,8 +50,10 @@ class VideoEncoder(nn.Module):
         """Encode `feats` (B_v, T, C+1, d_in) with clip mask (B_v, T); T must not exceed `max_clips`."""
         t = feats.shape[1]
         if t > self.position.num_embeddings:
-            raise ValueError(f"batch has {t} clips per video but the model was built for max_clips="
-                             f"{self.position.num_embeddings}; resample clips with data_pipeline.batch.collate")
+            raise ValueError(
+                f"batch has {t} clips per video but the model was built for max_clips="
+                f"{self.position.num_embeddings}; resample clips with data_pipeline.batch.collate"
+            )
         x = self.project(feats) + self.position.weight[:t][None, :, None]
         keep = mask[..., None].to(x.dtype)
         clips = self.attention(x[:, :, 0], src_key_padding_mask=~mask) * keep

@@ -66,7 +66,9 @@ def test_decoded_start_never_after_end(seed: int) -> None:
 def test_fewer_valid_moments_than_k() -> None:
     clip_mask = torch.tensor([[True, True, False, False]])  # 2 real clips: 3 moments exist
     log_scores = mask_logits(torch.zeros(1, 4, 4), moment_mask(clip_mask))
-    [moments] = decode_moments(log_scores, torch.full((1, 4, 2), 0.5), torch.tensor([2]), torch.tensor([4.0]), 5, 1.0)
+    [moments] = decode_moments(
+        log_scores, torch.full((1, 4, 2), 0.5), torch.tensor([2]), torch.tensor([4.0]), 5, 1.0
+    )
     assert len(moments) == 3
     assert all(NEG < p for _, _, p in moments)
     with pytest.raises(ValueError, match="top_k"):

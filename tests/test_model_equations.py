@@ -58,7 +58,9 @@ def test_l_cl_eq3_hand_case() -> None:
     assert loss.item() == pytest.approx((textual + visual) / 2, rel=1e-5)
     no_self = AVM(AVMConfig(self_weighted=False), 8, 2, 0.0).loss(video, query, negatives, query_video, 0.6)
     assert no_self.item() == pytest.approx((0.5 * (0.6 - 1.0 + c60) + 0.5 * (0.6 - s60 + c60)) / 2, rel=1e-5)
-    only_text = AVM(AVMConfig(visual_contrast=False), 8, 2, 0.0).loss(video, query, negatives, query_video, 0.6)
+    only_text = AVM(AVMConfig(visual_contrast=False), 8, 2, 0.0).loss(
+        video, query, negatives, query_video, 0.6
+    )
     assert only_text.item() == pytest.approx(textual / 2, rel=1e-5)
 
 
@@ -118,7 +120,10 @@ def test_rince_matches_direct_formula() -> None:
 
     v_to_q = [term(s[query_video[j]][j], [s[i][j] for i in range(3)]) for j in range(5)]
     q_to_v = [
-        term(s[query_video[j]][j], [s[query_video[j]][k] for k in range(5) if k == j or query_video[k] != query_video[j]])
+        term(
+            s[query_video[j]][j],
+            [s[query_video[j]][k] for k in range(5) if k == j or query_video[k] != query_video[j]],
+        )
         for j in range(5)
     ]
     assert loss.item() == pytest.approx(sum(v_to_q) / 5 + sum(q_to_v) / 5, rel=1e-5)
@@ -144,7 +149,13 @@ def test_opm_score_matches_brute_force() -> None:
         clips = 3 if v == 0 else 2
         for j in range(3):
             # s_op = 1/N_a sum_l max_i max_j <P_p^j, P_a^{i,l}>
-            expected = sum(max(float(a[v, i, l] @ p[j, k]) for i in range(clips) for k in range(2)) for l in range(2)) / 2
+            expected = (
+                sum(
+                    max(float(a[v, i, slot] @ p[j, k]) for i in range(clips) for k in range(2))
+                    for slot in range(2)
+                )
+                / 2
+            )
             assert s_op[v, j].item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -153,4 +164,9 @@ def test_window_tokens_without_patches() -> None:
     mask = torch.tensor([[True, True, True, False]])
     tokens, token_mask = window_tokens(clips, mask, window=3)
     assert tokens[0, :, :, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 0]]
-    assert token_mask[0].tolist() == [[False, True, True], [True, True, True], [True, True, False], [False] * 3]
+    assert token_mask[0].tolist() == [
+        [False, True, True],
+        [True, True, True],
+        [True, True, False],
+        [False] * 3,
+    ]

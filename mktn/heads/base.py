@@ -39,5 +39,7 @@ class GroundingHead(nn.Module, ABC):
         """fused (B_q, T, d) from the fusion, clip_mask (B_q, T), sentence feature (B_q, d)."""
 
     @abstractmethod
-    def loss(self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor) -> Tensor:
+    def loss(
+        self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor
+    ) -> Tensor:
         """The backbone's grounding loss L_2 against the ground truth (clip indices and continuous clip units)."""

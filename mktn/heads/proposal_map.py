@@ -50,7 +50,8 @@ class ProposalMapHead(GroundingHead):
         self.cfg = cfg
         self.sentence = nn.Linear(d_model, d_model)
         self.convs = nn.ModuleList(
-            nn.Conv2d(d_model, d_model, cfg.kernel_size, padding=cfg.kernel_size // 2) for _ in range(cfg.conv_layers)
+            nn.Conv2d(d_model, d_model, cfg.kernel_size, padding=cfg.kernel_size // 2)
+            for _ in range(cfg.conv_layers)
         )
         self.score = nn.Conv2d(d_model, 1, 1)
 
@@ -64,7 +65,9 @@ class ProposalMapHead(GroundingHead):
         logits = self.score(x)[:, 0]
         return HeadOutput(mask_logits(F.logsigmoid(logits), valid), logits)
 
-    def loss(self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor) -> Tensor:
+    def loss(
+        self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor
+    ) -> Tensor:
         valid = moment_mask(clip_mask, self.max_len)
         iou = moment_iou(clip_times, clip_mask.shape[1])
         target = ((iou - self.cfg.min_iou) / (self.cfg.max_iou - self.cfg.min_iou)).clamp(0, 1)

@@ -31,7 +31,11 @@ class SpanHead(GroundingHead):
         start = mask_logits(self.start(torch.cat([h1, fused], -1))[..., 0], clip_mask)
         end = mask_logits(self.end(torch.cat([h2, fused], -1))[..., 0], clip_mask)
         log_scores = F.log_softmax(start, -1)[:, :, None] + F.log_softmax(end, -1)[:, None, :]
-        return HeadOutput(mask_logits(log_scores, moment_mask(clip_mask, self.max_len)), torch.stack([start, end], 1))
+        return HeadOutput(
+            mask_logits(log_scores, moment_mask(clip_mask, self.max_len)), torch.stack([start, end], 1)
+        )
 
-    def loss(self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor) -> Tensor:
+    def loss(
+        self, out: HeadOutput, clip_mask: Tensor, start_idx: Tensor, end_idx: Tensor, clip_times: Tensor
+    ) -> Tensor:
         return F.cross_entropy(out.logits[:, 0], start_idx) + F.cross_entropy(out.logits[:, 1], end_idx)

