@@ -9,7 +9,7 @@ import os
 import sys
 
 # Subcommands in the order `mktn --help` lists them.
-COMMANDS = ("prepare",)
+COMMANDS = ("prepare", "train", "eval", "demo", "tune", "register", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,16 +13,16 @@ import json
 from pathlib import Path
 
 import torch
-from mktn.export import save_model
 
 from cluster import checkpoint
 from cluster.config import JobConfig
+from cluster.engine_model import unwrapped_state_dict
 from data_pipeline.text import Vocab
 from mktn.model import MKTN
 
 
 def consolidated_state_dict(directory: str) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of the checkpoint at `directory`, whatever the ZeRO stage it was trained under."""
+    """MKTN's full fp32 weights from the checkpoint at `directory`, whatever the ZeRO stage it trained under."""
     state = checkpoint.TrainState.read(directory)
     with checkpoint.safe_torch_load():
         if state.zero_stage == 0:
@@ -33,7 +33,8 @@ def consolidated_state_dict(directory: str) -> dict[str, torch.Tensor]:
 
             weights = get_fp32_state_dict_from_zero_checkpoint(directory, tag=checkpoint.DS_TAG)
     return {
-        name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in weights.items()
+        name: tensor.float() if tensor.is_floating_point() else tensor
+        for name, tensor in unwrapped_state_dict(weights).items()
     }
 
 
@@ -51,5 +52,9 @@ def model_from_checkpoint(directory: str) -> MKTN:
 
 def export_checkpoint(directory: str, out: str) -> str:
     """Write the checkpoint at `directory` as a standalone model folder at `out`; returns `out`."""
+    from mktn.export import (
+        save_model,
+    )  # TODO(model export): top-level import once mktn/export.py is in the tree
+
     save_model(model_from_checkpoint(directory), out)
     return out

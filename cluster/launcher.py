@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,13 @@ class TrainOutcome:
 
 
 def train(
-    job: JobConfig | None, output: str, *, address: str | None = None, resume: bool = False
-) -> TrainOutcome:
-    """Run (or with `resume`, continue) the training job `job` with its run folder at `output`."""
+    job: JobConfig | None, output: str, *, address: str | None = None, resume: bool = False,
+    callbacks: Sequence[Any] = (), tags: dict[str, str] | None = None,
+) -> TrainOutcome:  # fmt: skip
+    """Run (or with `resume`, continue) the training job `job` with its run folder at `output`.
+
+    `callbacks` go to the trainer's `RunConfig` and `tags` onto a new MLflow run (`mktn tune` passes
+    `TuneReportCallback` and `mlflow.parentRunId`)."""
     started = time.perf_counter()
     path = Path(output).resolve()
     if resume:
@@ -91,14 +96,14 @@ def train(
         else:
             uri = tracking.tracking_uri(job, str(path))
             client = MlflowClient(uri)
-            tags = _run_tags(job, train_data, val_data, features)
+            tags = _run_tags(job, train_data, val_data, features) | (tags or {})
             folder = RunFolder(path, job, uri, tracking.open_run(client, job, str(path), tags, patience))
         folder.status = "running"
         folder.write()
         sink = remote_sink(folder.tracking_uri, folder.run_id, folder.spool, tracking.HTTP_ENV)
         plan = build_plan(job, str(path), train_data, val_data, vocab_json, features, folder.run_id, sink)
         try:
-            result = _trainer(job, folder, plan).fit()
+            result = _trainer(job, folder, plan, callbacks).fit()
         except Exception:
             ray.get(sink.drain.remote(patience))
             tracking.retrying(
@@ -134,7 +139,7 @@ def _connect_ray(job: JobConfig, train: DatasetShards, val: DatasetShards, addre
     return True
 
 
-def _trainer(job: JobConfig, folder: RunFolder, plan: Any) -> TorchTrainer:
+def _trainer(job: JobConfig, folder: RunFolder, plan: Any, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     cluster, train = job.cluster, job.train
     resources = {"CPU": cluster.cpus_per_worker} | (
         {"GPU": cluster.gpus_per_worker} if cluster.use_gpu else {}
@@ -157,6 +162,7 @@ def _trainer(job: JobConfig, folder: RunFolder, plan: Any) -> TorchTrainer:
                 checkpoint_score_order="max",
             ),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cluster.use_gpu else "cpu"}},
+            callbacks=list(callbacks),
         ),
     )
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from cluster.assign import DatasetShards, assign_shards
+from cluster.engine_model import EngineModel
 from cluster.lockstep import lockstep
 from data_pipeline.batch import Batch
 from data_pipeline.config import DataConfig
@@ -38,9 +39,9 @@ def validate(
     rows: list[dict[str, Any]] = []
     for step in lockstep(lambda _: iter_batches(urls, vocab, data_cfg, shuffle=False), device):
         batch = step.batch.to(device)
-        output = engine(batch, compute_loss=False)
+        output = EngineModel.output(engine(batch, compute_loss=False))
         if step.fresh:
-            rows += prediction_rows(batch, engine.module.decode(output, batch, top_k=5))
+            rows += prediction_rows(batch, engine.module.model.decode(output, batch, top_k=5))
     engine.train()
     gathered: list[list[dict[str, Any]] | None] = [None] * world if rank == 0 else []
     if dist.is_initialized():

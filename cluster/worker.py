@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from cluster import checkpoint
 from cluster.assign import assign_shards
+from cluster.engine_model import EngineModel
 from cluster.lockstep import lockstep
 from cluster.plan import TrainPlan
 from cluster.step_log import StepWindow
@@ -53,15 +54,13 @@ def train_worker(config: dict[str, Any]) -> None:
     model = build_model(job.model, vocab, plan.features["feature_dim"], plan.features["tokens_per_clip"],
                         job.data.max_clips).to(device)  # fmt: skip
     engine, *_ = deepspeed.initialize(
-        model=model,
+        model=EngineModel(model),
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=plan.ds_config,
     )
     state = _restore(engine, plan, world)
     for epoch in range(state.epochs_done, job.train.epochs):
-        torch.manual_seed(
-            job.train.seed * 100_003 + epoch * 101 + rank
-        )  # a replayed epoch drops out the same
+        torch.manual_seed(job.train.seed * 100_003 + epoch * 101 + rank)  # a replayed epoch: the same dropout
         _train_epoch(engine, plan, vocab, epoch, state, rank, world, device)
         metrics, predictions = validate(engine, plan.val, vocab, job.data, rank, world, device)
         state.epochs_done, state.metrics = epoch + 1, metrics
@@ -111,7 +110,8 @@ def _train_epoch(
     window = StepWindow(device)
     for step in lockstep(batches, device):
         batch = step.batch.to(device)
-        output = engine(batch, progress=min(state.global_step / plan.planned_steps, 1.0))
+        progress = min(state.global_step / plan.planned_steps, 1.0)
+        output = EngineModel.output(engine(batch, progress=progress))
         engine.backward(output.losses["total"])
         engine.step()
         state.global_step += 1
@@ -142,7 +142,7 @@ def _report(
         return
     files = {
         "job.json": job.model_dump(mode="json"),
-        "text_state.json": engine.module.text_state(),
+        "text_state.json": engine.module.model.text_state(),
         "features.json": plan.features | {"max_clips": job.data.max_clips},
         "val_predictions.json": predictions,
     }
@@ -180,18 +180,26 @@ def _gather_peak_memory_mb(device: torch.device, world: int) -> list[float]:
 
 
 class _BatchAudit:
-    """`train.record_batches`: every batch this rank trained on (video -> query ids) as JSON lines in
-    `<output>/batches/rank-R.jsonl`, to check from outside that no video's pairs were split."""
+    """`train.record_batches`: every batch this rank trained on (video -> query ids, with the worker's pid and
+    Ray node) as JSON lines in `<output>/batches/rank-R.jsonl`, to check from outside that no video's pairs
+    were split and which process and node did the work."""
 
     def __init__(self, output: str, rank: int):
         self.path = Path(output, "batches", f"rank-{rank}.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.pid = os.getpid()
+        self.pid, self.node = os.getpid(), ray.get_runtime_context().get_node_id()
 
     def write(self, epoch: int, step: int, fresh: bool, batch: Any) -> None:
         videos: dict[str, list[str]] = {v: [] for v in batch.video_ids}
         for j, q in enumerate(batch.query_ids):
             videos[batch.video_ids[int(batch.query_video[j])]].append(q)
-        line = {"epoch": epoch, "step": step, "fresh": fresh, "pid": self.pid, "videos": videos}
+        line = {
+            "epoch": epoch,
+            "step": step,
+            "fresh": fresh,
+            "pid": self.pid,
+            "node": self.node,
+            "videos": videos,
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")

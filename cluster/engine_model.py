@@ -1,0 +1,51 @@
+"""MKTN as DeepSpeed's engine holds it: one module whose forward returns a dict of tensors.
+
+ZeRO-3 gathers a module's parameters in hooks around that module's `forward`, and gathers them again for
+backward through hooks it attaches to the tensors the module returns. MKTN passes dataclasses between its
+modules (ZeRO-3 cannot look into them, so no backward hook is attached) and uses some parameters outside
+their own module's `forward` (`APA.prototypes`, the video encoder's position table). So every parameter is
+registered with this wrapper (`register_external_parameter`): ZeRO-3 gathers the whole model when the
+wrapper's forward starts and, through the tensors of the dict it returns, again for backward. Between steps
+parameters, gradients and optimizer states stay partitioned across the ranks and are checkpointed as
+shards; stages 0-2 ignore the registration. State-dict keys carry the `model.` prefix
+(`unwrapped_state_dict` removes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_pipeline.batch import Batch
+from mktn.model import MKTN, ModelOutput
+
+PREFIX = "model."
+
+
+class EngineModel(nn.Module):
+    """The module handed to `deepspeed.initialize`; `output(...)` turns its dict back into a `ModelOutput`."""
+
+    def __init__(self, model: MKTN):
+        super().__init__()
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+        self.model = model
+        for parameter in model.parameters():
+            register_external_parameter(self, parameter)
+
+    def forward(self, batch: Batch, progress: float = 1.0, compute_loss: bool = True) -> dict[str, Any]:
+        output = self.model(batch, progress=progress, compute_loss=compute_loss)
+        return {f.name: getattr(output, f.name) for f in fields(output)}
+
+    @staticmethod
+    def output(values: dict[str, Any]) -> ModelOutput:
+        """The `ModelOutput` of one forward pass of the engine."""
+        return ModelOutput(**values)
+
+
+def unwrapped_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MKTN's own state dict from the engine's (`model.` prefix removed)."""
+    return {name.removeprefix(PREFIX): tensor for name, tensor in weights.items()}

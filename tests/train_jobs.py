@@ -1,0 +1,107 @@
+"""Helpers for the tests that run real training jobs: a tiny sharded dataset, `mktn train` as a subprocess,
+and readers for what a run left behind (MLflow, the batch audit, Ray's checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from data_pipeline.prepare import prepare_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "synthetic.yaml"
+# A small job: 48 training videos in ~20 shards, 4 videos per batch -> ~6 steps per worker and epoch.
+TINY = ["data.max_videos_per_batch=4", "train.log_every_steps=2", "train.record_batches=true"]
+
+
+def tiny_dataset(root: Path) -> tuple[str, str]:
+    """48 training and 16 validation synthetic videos in shards of ~2 videos; returns (train URL, val URL)."""
+    prepare_synthetic(str(root), videos=48, val_videos=16, shard_size_mb=0.1, progress=False)
+    return str(root / "train"), str(root / "val")
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment of a training subprocess: CPU DeepSpeed, full tracebacks on user errors."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "MKTN_DEBUG": "1", **extra}
+
+
+def train_args(output: Path, data: tuple[str, str], *overrides: str) -> list[str]:
+    """`mktn train` on the tiny dataset with `overrides`, its run folder at `output`."""
+    return [sys.executable, "-m", "cluster.cli", "train", str(CONFIG), f"data.train={data[0]}",
+            f"data.val={data[1]}", *TINY, *overrides, "--output", str(output)]  # fmt: skip
+
+
+def run(args: list[str], log: Path, timeout: float = 600, **env: str) -> None:
+    """Run a command to completion, its output in `log`; a failure shows the log's tail."""
+    with log.open("ab") as out:
+        code = subprocess.run(args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout).returncode  # fmt: skip
+    assert code == 0, f"{args[3:5]} exited {code}:\n{log.read_text()[-6000:]}"
+
+
+def start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
+    """Start a command in its own session (so the test can kill its whole process group)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 300, process=None) -> object:
+    """Poll `condition` until it returns something truthy; fail if `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the job exited ({process.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def audit(output: Path) -> list[dict]:
+    """Every batch every worker trained on (`train.record_batches`), with the rank added."""
+    lines = []
+    for path in sorted((output / "batches").glob("rank-*.jsonl")):
+        rank = int(path.stem.split("-")[1])
+        text = path.read_text()
+        lines += [json.loads(line) | {"rank": rank} for line in text[: text.rfind("\n") + 1].splitlines()]
+    return lines
+
+
+class MlflowRun:
+    """The MLflow run of a training run folder."""
+
+    def __init__(self, output: Path, tracking_uri: str | None = None):
+        record = json.loads((output / "run.json").read_text())
+        self.client = MlflowClient(tracking_uri or record["tracking_uri"])
+        self.run_id = record["run_id"]
+        self.run = self.client.get_run(self.run_id)
+
+    def steps(self, key: str) -> list[int]:
+        """Every step logged for `key`, duplicates included, sorted."""
+        return sorted(m.step for m in self.client.get_metric_history(self.run_id, key))
+
+    def values(self, key: str) -> list[float]:
+        return [
+            m.value for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
+        ]
+
+    def artifacts(self, path: str = "") -> set[str]:
+        return {a.path for a in self.client.list_artifacts(self.run_id, path)}
+
+
+def checkpoints(output: Path) -> list[str]:
+    """The checkpoints Ray committed for this run (its snapshot), oldest first."""
+    snapshot = output / "ray" / "train" / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return []
+    state = json.loads(snapshot.read_text())
+    return [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])]
