@@ -134,6 +134,24 @@ def apply_override(tree: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
+def with_values(job: JobConfig, values: dict[str, Any], source: str) -> JobConfig:
+    """`job` with dotted keys set to Python values (e.g. a Tune trial's sampled hyper-parameters), validated
+    like `load_config`: an unknown key gets a "did you mean", a wrong type names the key; `source` leads the error."""
+    tree = job.model_dump(mode="json")
+    for dotted, value in values.items():
+        *sections, key = dotted.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: '{dotted}': '{section}' is a value, not a section")
+        node[key] = value
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
 def load_config(path: str | None, overrides: list[str] = ()) -> JobConfig:
     """Read a YAML config (any fsspec URL; None = embedded defaults), apply overrides, validate."""
     tree: dict = {}

@@ -1,0 +1,84 @@
+"""`mktn tune`: a Ray Tune search over the job config, each trial a full `mktn train` job, tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from cluster.commands.register import print_registered
+from cluster.config import load_config
+from cluster.summary import mlflow_ui_line
+
+if TYPE_CHECKING:
+    from cluster.tune import SearchOutcome
+
+EPILOG = """examples:
+  mktn tune configs/synthetic.yaml data.train=runs/data/train data.val=runs/data/val \\
+      --search configs/tune/synthetic.yaml --num-samples 8 --output runs/tune --register mktn-synthetic
+  mktn tune --output runs/tune --resume             # continue an interrupted search (Tuner.restore)
+
+The search folder (--output) holds search.json, the MLflow store (unless MLFLOW_TRACKING_URI or
+mlflow.tracking_uri names a server), Ray Tune's state (ray/search/), one `mktn train` run folder per trial
+(trials/<trial id>/), results.csv / results.parquet and plots/search.png (also in the parent MLflow run)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mktn tune`."""
+    parser = subparsers.add_parser(
+        "tune",
+        help="hyper-parameter search with Ray Tune (ASHA), every trial a Ray Train + DeepSpeed job",
+        description="Search the job config with Ray Tune: the space is a YAML of choice/uniform/loguniform over "
+        "dotted config keys, validated before Ray starts; ASHA stops weak trials on the validation metric; trials "
+        "queue so the cluster is never oversubscribed; each trial is an MLflow child run of the search's run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help="base job YAML (optional with --resume)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the base job")
+    parser.add_argument("--search", metavar="YAML", help="search space, e.g. configs/tune/synthetic.yaml")
+    parser.add_argument("--num-samples", type=int, metavar="N", help="trials (default: the search file's)")
+    parser.add_argument(
+        "--output", default="runs/tune", metavar="DIR", help="search folder (default runs/tune)"
+    )
+    parser.add_argument(
+        "--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: RAY_ADDRESS, else local)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the search in --output (Tuner.restore)"
+    )
+    parser.add_argument("--register", metavar="NAME", help="register the best finished trial's model as NAME")
+    parser.add_argument("--alias", default="champion", help="alias moved to that version (default champion)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of `mktn tune`."""
+    from cluster.tune import tune_search
+
+    if not args.resume and (args.config is None or args.search is None):
+        raise ValueError("CONFIG and --search are required unless --resume continues the search in --output")
+    job = load_config(args.config, args.overrides) if args.config else None
+    outcome = tune_search(job, args.search, args.output, num_samples=args.num_samples, address=args.address,
+                          resume=args.resume, register_as=args.register, alias=args.alias)  # fmt: skip
+    print_outcome(outcome)
+    return 0
+
+
+def print_outcome(outcome: SearchOutcome) -> None:
+    """Every trial's status and metric, the best trial, the files and the MLflow parent run."""
+    folder, metric = outcome.folder, outcome.folder.spec.metric
+    keys = list(folder.spec.space)
+    print(f"\n{len(outcome.rows)} trials, validation {metric} (%):")
+    for row in outcome.rows:
+        values = ", ".join(f"{k}={row.values.get(k)!r}" for k in keys)
+        print(f"  {row.trial_id}  {row.status:<8} epochs {row.epochs}  {metric} {row.metrics.get(metric, float('nan')):6.2f}"
+              f"  {values}")  # fmt: skip
+    if outcome.best is None:
+        print("no trial finished training, so there is no best model")
+    else:
+        print(f"best: trial {outcome.best.trial_id} ({metric} {outcome.best.metrics[metric]:.2f}), "
+              f"MLflow run {outcome.best.run_id}, model {folder.trial_dir(outcome.best.trial_id) / 'model'}")  # fmt: skip
+    print(f"results: {', '.join(map(str, outcome.table))}; plot: {outcome.plot}")
+    print(f"MLflow parent run {folder.parent_run_id}: {mlflow_ui_line(folder.tracking_uri)}")
+    if outcome.registered:
+        print_registered(outcome.registered)

@@ -1,0 +1,164 @@
+"""`mktn register`: put a trained model in the MLflow model registry as an `mlflow.pyfunc` model.
+
+The model comes from anything `mktn eval` accepts (a run folder, a training checkpoint, an exported model
+folder, `runs:/RUN_ID/model`). It is re-exported (safetensors + JSON, `mktn.export.save_model`) and logged
+"from code" (`cluster/pyfunc_entry.py`, see `cluster.pyfunc_model`) into its training run, so the registered
+version links back to the run; nothing in it is unpickled at load. The version's tags record what it is:
+the validation metrics of the weights registered (the checkpoint's own, or the run's last validation), the
+job config, the dataset and its manifest hashes, the git commit it was trained at, and the feature spec.
+The alias (default `champion`) moves to the new version, so `models:/NAME@champion` always loads the latest
+model promoted under that alias.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ParamSchema, ParamSpec
+
+from cluster import checkpoint, tracking
+from cluster.model_source import ModelSource, open_model
+from cluster.preflight import METRIC_KEYS
+from cluster.pyfunc_model import MODEL_ARTIFACT, inference_settings
+from mktn.export import save_model
+
+ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
+PYFUNC_NAME = "mktn_pyfunc"  # the logged model's name inside its run
+REGISTER_EXPERIMENT = "mktn-register"
+RUN_TAGS = ("git_commit", "dataset", "manifest_hash", "val_manifest_hash", "world_size", "zero_stage")
+INFERENCE_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "safetensors", "pyarrow", "fsspec", "h5py", "pydantic",
+                      "pyyaml", "webdataset", "matplotlib")  # fmt: skip
+SIGNATURE = ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 5)]))
+PATIENCE_S = 300.0
+
+
+@dataclass
+class Registered:
+    """A registered model version and what was recorded with it."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    tracking_uri: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        """The URI that loads this version: by alias when it has one."""
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+def register(source: str, name: str | None = None, alias: str | None = "champion",
+             tracking_uri: str | None = None) -> Registered:  # fmt: skip
+    """Register the model at `source` as a new version of `name` (default `mktn-<dataset>`) and point `alias`
+    at it. The registry is the store of the model's training run; `tracking_uri` (else MLFLOW_TRACKING_URI)
+    is used only when the source does not name one."""
+    found = open_model(source)
+    uri = found.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        raise ValueError(f"{source}: no MLflow run is recorded for this model; say which registry to use with "
+                         "--tracking-uri or MLFLOW_TRACKING_URI")  # fmt: skip
+    tracking.use_short_http_retries()
+    client = MlflowClient(uri, registry_uri=uri)
+    tags = version_tags(client, found, source)
+    name = name or f"mktn-{tags.get('dataset', 'model')}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with tempfile.TemporaryDirectory(prefix="mktn-register-") as tmp:
+        folder = str(Path(tmp) / "model")
+        save_model(found.model, folder)
+        version = _log_and_register(client, folder, found, name, source)
+    for key, value in tags.items():
+        tracking.retrying(client.set_model_version_tag, name, version, key, value, what=f"tagging {key}",
+                          patience_s=PATIENCE_S)  # fmt: skip
+    if alias:
+        tracking.retrying(client.set_registered_model_alias, name, alias, version, what=f"setting alias {alias}",
+                          patience_s=PATIENCE_S)  # fmt: skip
+    return Registered(name, version, alias, found.run_id, uri, tags)
+
+
+def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[str, str]:
+    """The tags of a new version: metrics, config, dataset/manifest hashes, git commit, feature spec, source."""
+    model = found.model
+    tags = {
+        "source": source,
+        "feature_dim": str(model.feature_dim),
+        "tokens_per_clip": str(model.tokens_per_clip),
+        "max_clips": str(model.max_clips),
+        "text_encoder": json.dumps(model.text_encoder.identity(), sort_keys=True),
+        "git_commit": "unknown",
+    }
+    metrics: dict[str, float] = {}
+    config: dict[str, Any] = {"model": model.cfg.model_dump(mode="json")}
+    if found.run_id:
+        run = tracking.retrying(
+            client.get_run, found.run_id, what="reading the training run", patience_s=PATIENCE_S
+        )
+        tags |= {"run_id": found.run_id} | {k: run.data.tags[k] for k in RUN_TAGS if k in run.data.tags}
+        metrics = {k: run.data.metrics[f"val/{tracking.mlflow_key(k)}"] for k in METRIC_KEYS
+                   if f"val/{tracking.mlflow_key(k)}" in run.data.metrics}  # fmt: skip
+        config = dict(sorted(run.data.params.items()))
+    state_file = Path(source) / checkpoint.STATE_FILE
+    if state_file.is_file():  # a checkpoint: its own validation, not the run's last one
+        metrics = {k: v for k, v in checkpoint.TrainState.read(source).metrics.items() if k in METRIC_KEYS}
+    tags["config"] = json.dumps(config, sort_keys=True)
+    tags |= {f"val/{tracking.mlflow_key(k)}": repr(v) for k, v in metrics.items()}
+    return tags
+
+
+def _log_and_register(client: MlflowClient, folder: str, found: ModelSource, name: str, source: str) -> str:
+    """Log the pyfunc model into the training run (or, for a model without one, into a new run of experiment
+    `REGISTER_EXPERIMENT`) and register it; returns the new version."""
+    kwargs: dict[str, Any] = dict(
+        name=PYFUNC_NAME,
+        python_model=str(ENTRY_FILE),
+        artifacts={MODEL_ARTIFACT: folder},
+        model_config=inference_settings(found.data_cfg) if found.data_cfg else None,
+        signature=SIGNATURE,
+        pip_requirements=_requirements(found),
+        registered_model_name=name,
+    )
+    if found.run_id is None:
+        experiment_id = _register_experiment(client)
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"register {name}", tags={"source": source}
+        ):
+            return str(mlflow.pyfunc.log_model(**kwargs).registered_model_version)
+    status = client.get_run(found.run_id).info.status
+    mlflow.start_run(run_id=found.run_id)
+    try:
+        info = mlflow.pyfunc.log_model(**kwargs)
+    finally:
+        mlflow.end_run(
+            status=status
+        )  # the training run keeps its status (FINISHED, or RUNNING while it trains)
+    return str(info.registered_model_version)
+
+
+def _register_experiment(client: MlflowClient) -> str:
+    """The experiment of registrations without a training run; with a SQLite store its artifacts go next to the
+    database (`mlartifacts/`), not into the working directory."""
+    experiment = client.get_experiment_by_name(REGISTER_EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = client.tracking_uri
+    location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri() \
+        if uri.startswith("sqlite:///") else None  # fmt: skip
+    return client.create_experiment(REGISTER_EXPERIMENT, artifact_location=location)
+
+
+def _requirements(found: ModelSource) -> list[str]:
+    """Pinned inference dependencies, plus the pretrained text packages the model was trained with."""
+    identity = found.model.text_encoder.identity()
+    text = [f"{part['package']}=={part['version']}" for part in identity.values() if "package" in part]
+    return [f"{pkg}=={metadata.version(pkg)}" for pkg in INFERENCE_PACKAGES] + text
