@@ -283,6 +283,7 @@ def tune_search(
         spec = load_search(search_path, job, num_samples)
     if not job.data.train or not job.data.val:
         raise ValueError("data.train and data.val must name prepared datasets (see `mktn prepare`)")
+    register_as = register_as or job.mlflow.register_as
     address = address or job.cluster.address or os.environ.get("RAY_ADDRESS")
     we_started_ray = _connect_ray(probe_jobs(job, spec), job, address)
     try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cluster.registry import Registered
+    from cluster.run_folder import RunFolder
 
 EPILOG = """examples:
   mktn register runs/train --name mktn-charades                  # the run's exported model, alias champion
@@ -50,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
         registry.register(args.source, args.name, None if args.no_alias else args.alias, args.tracking_uri)
     )
     return 0
+
+
+def register_trained(folder: RunFolder, name: str | None) -> None:
+    """`mktn train --register NAME` (or the config's `mlflow.register_as`): register the run's model as NAME
+    with the alias champion; nothing when neither names a model."""
+    from cluster import registry
+
+    name = name or folder.job.mlflow.register_as
+    if name:
+        print_registered(registry.register(str(folder.path), name))
 
 
 def print_registered(registered: Registered) -> None:

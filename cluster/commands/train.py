@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cluster.commands.register import register_trained
 from cluster.config import load_config
 from cluster.launcher import TrainOutcome, train
 from cluster.summary import metrics_table, mlflow_ui_line
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its last checkpoint"
     )
+    parser.add_argument("--register", metavar="NAME", help="register the model as NAME, alias champion "
+                        "(default: the config's mlflow.register_as; see `mktn register`)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -50,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and not args.resume:
         raise ValueError("CONFIG is required unless --resume continues the run in --output")
     job = load_config(args.config, args.overrides) if args.config else None
-    print_outcome(train(job, args.output, address=args.address, resume=args.resume))
+    outcome = train(job, args.output, address=args.address, resume=args.resume)
+    print_outcome(outcome)
+    register_trained(outcome.folder, args.register)
     return 0
 
 
