@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mktn.heads import refine
 from mktn.heads.proposal_map import moment_iou
-from mktn.layers import NEG
+from mktn.layers import is_masked, mask_logits
 
 Moment = tuple[float, float, float]  # (start_s, end_s, score)
 
@@ -26,7 +26,7 @@ def top_moments(log_scores: Tensor, top_k: int, nms_iou: float) -> tuple[Tensor,
     """Top-k moments per query after NMS: starts, ends, log-scores (B_q, k) and a validity mask (B_q, k)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    scores = log_scores.detach().clone()
+    scores = log_scores.detach().float()
     b, t, _ = scores.shape
     rows = torch.arange(b, device=scores.device)
     picks: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -37,9 +37,9 @@ def top_moments(log_scores: Tensor, top_k: int, nms_iou: float) -> tuple[Tensor,
         chosen = torch.stack([start, end + 1], dim=1).to(scores.dtype)
         suppress = moment_iou(chosen, t) > nms_iou
         suppress[rows, start, end] = True
-        scores = scores.masked_fill(suppress, NEG)
+        scores = mask_logits(scores, ~suppress)
     starts, ends, values = (torch.stack(x, dim=1) for x in zip(*picks))
-    return starts, ends, values, values > NEG / 2
+    return starts, ends, values, ~is_masked(values, log_scores.dtype)
 
 
 def decode_moments(

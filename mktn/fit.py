@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from data_pipeline.batch import collate
+from data_pipeline.loader import budget_batches
 from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup
 from mktn.metrics import grounding_metrics
@@ -31,8 +32,12 @@ class FitResult:
 
 
 def pack(groups: Sequence[VideoGroup], max_videos: int, max_queries: int) -> Iterator[list[VideoGroup]]:
-    """Consecutive whole video groups, at most `max_videos` videos and (unless one video alone has more)
-    `max_queries` queries per batch."""
+    """Inference batches: consecutive whole video groups, at most `max_videos` videos and (unless one video
+    alone has more) `max_queries` queries per batch.
+
+    Unlike `data_pipeline.loader.budget_batches` (training), a video with more queries than the budget
+    is not refused: it is predicted alone, since every query must get an answer.
+    """
     chunk: list[VideoGroup] = []
     queries = 0
     for g in groups:
@@ -68,28 +73,32 @@ def fit(
     max_videos: int = 16,
     max_queries: int = 48,
     weight_decay: float = 0.01,
+    warmup_frac: float = 0.1,
+    grad_clip: float = 1.0,
     seed: int = 0,
     progress_bar: bool = False,
 ) -> FitResult:
-    """Train `model` on `train` with AdamW (linear warm-up over the first epoch, cosine decay), then evaluate on `val`."""
+    """Train `model` on `train` with AdamW (warm-up over `warmup_frac` of the steps, then cosine decay; gradients
+    clipped to norm `grad_clip`, 0 = off), then evaluate on `val`. The defaults are `cluster`'s TrainConfig's."""
     torch.manual_seed(seed)
     order, groups = random.Random(seed), list(train)
-    steps = epochs * sum(1 for _ in pack(groups, max_videos, max_queries))
+    steps = epochs * sum(1 for _ in budget_batches(groups, max_queries, max_videos))
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optim, max_lr=lr, total_steps=steps, pct_start=1 / max(epochs, 1)
-    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps, pct_start=warmup_frac)
     start, step, last = time.perf_counter(), 0, 0.0
     for _ in tqdm(range(epochs), desc="epochs", disable=not progress_bar):
         model.train()
         order.shuffle(groups)
-        batches = [collate(c, model.vocab, model.max_clips) for c in pack(groups, max_videos, max_queries)]
+        batches = [
+            collate(c, model.vocab, model.max_clips) for c in budget_batches(groups, max_queries, max_videos)
+        ]
         total = 0.0
         for batch in batches:
             loss = model(batch, progress=step / max(steps - 1, 1)).losses["total"]
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optim.step()
             schedule.step()
             total += loss.item()

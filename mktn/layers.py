@@ -1,7 +1,7 @@
 """Small building blocks shared by the MKTN modules: masking, pooling, positions, attention, a padded BiGRU.
 
 Every function takes explicit boolean masks (True = a real clip/word/token) so that padding
-never changes a result: masked logits get `NEG` (finite, so fully masked rows stay finite),
+never changes a result: masked logits get `neg(dtype)` (finite, so fully masked rows stay finite),
 masked means divide by the real count, and the BiGRU packs its sequences.
 """
 
@@ -13,12 +13,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-NEG = -1e9  # logit given to masked positions: exp(NEG - max) is exactly 0 in float32
+NEG = -1e9  # logit given to masked positions: exp(NEG - max) is exactly 0 in float32 and bfloat16
+
+
+def neg(dtype: torch.dtype) -> float:
+    """The masked-logit value for `dtype`: `NEG`, or a quarter of float16's range (sums of two stay finite)."""
+    return max(NEG, torch.finfo(dtype).min / 4)
+
+
+def is_masked(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    """True where `logits` (computed in `dtype`) hold a masked value."""
+    return logits <= neg(dtype) / 2
 
 
 def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
-    """`logits` with `NEG` wherever `mask` is False (broadcast)."""
-    return logits.masked_fill(~mask, NEG)
+    """`logits` with `neg(dtype)` wherever `mask` is False (broadcast)."""
+    return logits.masked_fill(~mask, neg(logits.dtype))
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:

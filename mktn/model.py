@@ -105,7 +105,8 @@ class MKTN(nn.Module):
     def forward(self, batch: Batch, progress: float = 1.0, compute_loss: bool = True) -> ModelOutput:
         """Ground every query of `batch`; `progress` in [0, 1] drives AVM's threshold (Eq. 2)."""
         self._check(batch)
-        feats, mask, query_video = batch.video_feats, batch.video_mask, batch.query_video
+        feats = batch.video_feats.to(self.video_encoder.position.weight.dtype)  # e.g. a bf16 DeepSpeed engine
+        mask, query_video = batch.video_mask, batch.query_video
         if not self.cfg.cross_pair:  # single-pair baseline: one copy of the video per query
             feats, mask = feats[query_video], mask[query_video]
             query_video = torch.arange(batch.num_queries, device=feats.device)
@@ -121,20 +122,20 @@ class MKTN(nn.Module):
     ) -> ModelOutput:
         """Per-query work over already encoded `videos`; `query_video` (B_q,) indexes them."""
         text = self.encode_text(batch)
-        own = videos.select(query_video)
+        clips, clip_mask = videos.per_query(query_video)
         words_ws = self.fusion.project_query(text.words)
         sentence, moments = text.sentence, None
         if self.csm is not None:
             sentence, moments = self.csm(
-                text.sentence, batch.query_index, query_video, own.clips, own.mask, text.words, text.mask
+                text.sentence, batch.query_index, query_video, clips, clip_mask, text.words, text.mask
             )
-        fused = self.fusion(own.clips, own.mask, words_ws, text.mask, sentence)
-        head_out = self.head(fused, own.mask, sentence)
+        fused = self.fusion(clips, clip_mask, words_ws, text.mask, sentence)
+        head_out = self.head(fused, clip_mask, sentence)
         offsets = self.float_predictor(fused)
         phi = threshold(self.cfg.avm, progress) if self.avm is not None else 0.0
-        out = ModelOutput(head_out.log_scores, offsets, own.mask, phi, csm_moments=moments)
+        out = ModelOutput(head_out.log_scores, offsets, clip_mask, phi, csm_moments=moments)
         if compute_loss:
-            out.losses = self._losses(batch, videos, text, words_ws, query_video, own.mask, head_out, out)
+            out.losses = self._losses(batch, videos, text, words_ws, query_video, clip_mask, head_out, out)
         return out
 
     # ---- losses ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mktn.config import OPMConfig
-from mktn.layers import NEG, masked_mean
+from mktn.layers import mask_logits, masked_mean
 
 
 class SparseAggregator(nn.Module):
@@ -90,9 +90,7 @@ class OPM(nn.Module):
             return F.normalize(pooled_a, dim=-1) @ F.normalize(pooled_p, dim=-1).T
         sim = torch.einsum("vtad,qpd->vqtap", a, p)
         allowed = appearance_mask[:, None, :, :, None] & phrase_mask[None, :, None, None, :]
-        best = sim.masked_fill(~allowed, NEG).amax(
-            dim=(2, 4)
-        )  # max over clips i and phrases j: (B_v, B_q, N_a)
+        best = mask_logits(sim, allowed).amax(dim=(2, 4))  # max over clips i and phrases j: (B_v, B_q, N_a)
         slots = appearance_mask.any(dim=1)  # (B_v, N_a): prototype slots present in the video
         return (best * slots[:, None]).sum(-1) / slots.sum(-1, keepdim=True).clamp_min(1)
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mktn.layers import NEG
+from mktn.layers import mask_logits
 
 
 def rince(logits: Tensor, positive: Tensor, candidates: Tensor, q: Tensor, alpha: Tensor) -> Tensor:
     """Mean RINCE over rows: logits (R, N), `positive` (R,) column of each row, `candidates` (R, N) bool."""
     pos = logits.gather(1, positive[:, None])[:, 0]
-    lse = torch.logsumexp(logits.masked_fill(~candidates, NEG), dim=1)
+    lse = torch.logsumexp(mask_logits(logits, candidates), dim=1)
     return (-torch.exp(q * pos) / q + torch.exp(q * (torch.log(alpha) + lse)) / q).mean()
 
 

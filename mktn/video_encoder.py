@@ -22,9 +22,12 @@ class VideoEncoding:
     tokens: Tensor
     mask: Tensor
 
-    def select(self, index: Tensor) -> VideoEncoding:
-        """The encodings of videos `index` (e.g. each query's video): a gather, no recomputation."""
-        return VideoEncoding(self.clips[index], self.tokens[index], self.mask[index])
+    def per_query(self, query_video: Tensor) -> tuple[Tensor, Tensor]:
+        """Each query's clips (B_q, T, d) and clip mask (B_q, T): a gather, no recomputation.
+
+        Patch tokens stay per video: only the per-video prototypes (OPM, APA) read them.
+        """
+        return self.clips[query_video], self.mask[query_video]
 
 
 class VideoEncoder(nn.Module):

@@ -122,3 +122,18 @@ def test_bad_batches_and_configs_are_clear_errors() -> None:
         small_batch_model(batch)
     with pytest.raises(ValidationError, match="divisible by num_heads"):
         small_config(d_model=18, num_heads=4)
+
+
+@pytest.mark.parametrize("backbone", ["span", "proposal_map"])
+def test_bfloat16_model_trains_and_decodes(backbone: str) -> None:
+    groups = tiny_groups(3)
+    model = model_for(groups, small_config(backbone=backbone)).to(
+        torch.bfloat16
+    )  # as a bf16 DeepSpeed engine holds it
+    batch = batch_of(groups, model)
+    out = model(batch)
+    assert out.log_scores.dtype == torch.bfloat16
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    out.losses["total"].backward()
+    for moments in model.decode(out, batch):
+        assert moments and all(0 <= s <= e for s, e, _ in moments)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 @dataclass
 class HeadOutput:
-    """`log_scores` (B_q, T, T): log-score of the moment [clip s, clip e] (inclusive), `NEG` where invalid;
+    """`log_scores` (B_q, T, T): log-score of the moment [clip s, clip e] (inclusive), masked (`mktn.layers.neg`) where invalid;
     `logits`: the head's raw outputs that its loss needs."""
 
     log_scores: Tensor
