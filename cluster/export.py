@@ -18,6 +18,7 @@ from cluster import checkpoint
 from cluster.config import JobConfig
 from cluster.engine_model import unwrapped_state_dict
 from data_pipeline.text import Vocab
+from mktn.export import save_model
 from mktn.model import MKTN
 
 
@@ -52,9 +53,5 @@ def model_from_checkpoint(directory: str) -> MKTN:
 
 def export_checkpoint(directory: str, out: str) -> str:
     """Write the checkpoint at `directory` as a standalone model folder at `out`; returns `out`."""
-    from mktn.export import (
-        save_model,
-    )  # TODO(model export): top-level import once mktn/export.py is in the tree
-
     save_model(model_from_checkpoint(directory), out)
     return out

@@ -11,12 +11,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from cluster import checkpoint
 from cluster.config import JobConfig
 from cluster.export import model_from_checkpoint
 from cluster.run_folder import RUN_FILE, RunFolder
 from data_pipeline.config import DataConfig
+from mktn.export import load_model
 from mktn.model import MKTN
 
 
@@ -32,10 +32,6 @@ class ModelSource:
 
 def open_model(source: str) -> ModelSource:
     """Load the model named by `source` (see the module docstring); a wrong path says what was expected."""
-    from mktn.export import (
-        load_model,
-    )  # TODO(model export): top-level import once mktn/export.py is in the tree
-
     path = Path(source)
     if path.is_dir() and (path / RUN_FILE).exists():
         folder = RunFolder.read(path)
@@ -66,8 +62,6 @@ def open_model(source: str) -> ModelSource:
 def _from_mlflow(uri: str) -> ModelSource:
     """Download an exported model logged to MLflow (`runs:/ID/model`, `models:/NAME@ALIAS`, ...) and load it."""
     import mlflow.artifacts
-
-    from mktn.export import load_model
 
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="mktn-model-"),
