@@ -1,0 +1,351 @@
+"""Multi-pair vs single-pair: throughput, memory and accuracy per backbone on three query mixes (issue 7).
+
+Three contenders, same backbone and width, on the same synthetic batches (whole video groups under the
+same query and video budget, so a step sees the same queries whoever runs it):
+- single-pair, the baseline: `mode=single_pair` gives every query its own copy of its video, encoded
+  per pair in one vectorised batch, and builds none of the cross-pair modules (CSM, AVM, OPM, APA);
+- encode-once: the baseline's modules in multi-pair batching (each video encoded once, its queries
+  gather it), which isolates what encoding once buys;
+- MKTN: multi-pair with every cross-pair module (the method).
+
+Cost model. A training step costs E per encoded video (`MKTN.encode_videos`, forward and backward) and
+F per query (`MKTN.ground`: text, fusion, head, losses; in MKTN also the cross-pair modules). A video
+with k queries is encoded k times single-pair and once multi-pair, so with the baseline's E and F the
+best ratio encoding once can give is  ideal = k (E + F) / (E + k F).  E and F are timed separately,
+interleaved with each other and with the full steps; ratios are medians of per-round paired ratios.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from bench.common import Report, Table, Target, interleaved, median, parser, publish
+from bench.profiling import peak_memory_bytes, profile_step
+from cluster.config import load_config
+from data_pipeline.batch import Batch, collate
+from data_pipeline.loader import budget_batches
+from data_pipeline.synthetic import MIXES, generate
+from data_pipeline.text import Vocab
+from data_pipeline.types import VideoGroup
+from mktn.config import ModelConfig
+from mktn.fit import fit, synthetic_vocab
+from mktn.model import MKTN, build_model
+from mktn.video_encoder import VideoEncoding
+
+NAME = "mp_vs_sp"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+BACKBONES = ("span", "proposal_map")
+CROSS_PAIR = ("csm", "avm", "opm", "apa")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "single-pair": {"mode": "single_pair"},
+    "encode-once": {"mode": "multi_pair", **{m: {"enabled": False} for m in CROSS_PAIR}},
+    "MKTN": {"mode": "multi_pair"},
+}
+BASELINE, METHOD = "single-pair", "MKTN"
+TRAINED = (BASELINE, METHOD)  # trained to the step budget for accuracy
+RATIO_GOAL = {"charades": 2.0, "activitynet": 3.0, "tacos": 8.0}
+IDEAL_SHARE_GOAL = 90.0
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How one query mix is benchmarked: clips per video, batch budgets, data sizes, timing rounds, steps."""
+
+    max_clips: int
+    max_queries: int
+    max_videos: int
+    train_videos: int
+    val_videos: int
+    epochs: int
+    rounds: int
+    lr: float = 2e-3
+
+
+FULL = {
+    "charades": Setup(32, 48, 16, train_videos=240, val_videos=80, epochs=6, rounds=8),
+    "activitynet": Setup(32, 48, 16, train_videos=160, val_videos=60, epochs=6, rounds=8),
+    "tacos": Setup(64, 256, 2, train_videos=12, val_videos=4, epochs=4, rounds=4),
+}
+QUICK = {  # mktn.fit's one-cycle schedule needs >= 2 epochs of >= 2 steps
+    "charades": Setup(8, 12, 4, train_videos=8, val_videos=3, epochs=2, rounds=1),
+    "activitynet": Setup(8, 12, 4, train_videos=6, val_videos=3, epochs=2, rounds=1),
+    "tacos": Setup(8, 256, 1, train_videos=2, val_videos=1, epochs=2, rounds=1),
+}
+QUICK_MODEL = ["model.d_model=16"]
+
+
+def model_config(base: ModelConfig, backbone: str, variant: str) -> ModelConfig:
+    """`base` with `backbone` and the variant's mode and module switches."""
+    tree = base.model_dump() | {"backbone": backbone}
+    for key, value in VARIANTS[variant].items():
+        tree[key] = tree[key] | value if isinstance(value, dict) else value
+    return ModelConfig.model_validate(tree)
+
+
+class Contender:
+    """One variant's model and optimizer, and the step functions the benchmark times on a batch."""
+
+    def __init__(self, model: MKTN, lr: float):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        self._encoded: dict[int, VideoEncoding] = {}
+
+    def train_step(self, batch: Batch) -> None:
+        """Forward, backward and AdamW step: what training does per batch."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model(batch).losses["total"].backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def infer(self, batch: Batch) -> None:
+        """Ground and decode the top-5 moments of every query: what serving does per batch."""
+        self.model.eval()
+        self.model.decode(self.model(batch, compute_loss=False), batch, top_k=5)
+
+    def videos(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The videos this variant encodes and each query's index into them (the split `MKTN.forward` makes)."""
+        if self.model.cfg.cross_pair:
+            return batch.video_feats, batch.video_mask, batch.query_video
+        qv = batch.query_video
+        return batch.video_feats[qv], batch.video_mask[qv], torch.arange(batch.num_queries)
+
+    def encode_step(self, batch: Batch) -> None:
+        """E: forward and backward of the video encoder alone (unit upstream gradients)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        feats, mask, _ = self.videos(batch)
+        out = self.model.encode_videos(feats, mask)
+        torch.autograd.backward(
+            [out.clips, out.tokens], [torch.ones_like(out.clips), torch.ones_like(out.tokens)]
+        )
+
+    def encode_once(self, batch: Batch) -> None:
+        """Encode `batch`'s videos ahead of `ground_step`, outside the timed region."""
+        feats, mask, _ = self.videos(batch)
+        with torch.no_grad():
+            self._encoded[id(batch)] = self.model.encode_videos(feats, mask)
+
+    def ground_step(self, batch: Batch) -> None:
+        """F: forward and backward of everything after the video encoder, from the videos `encode_once` encoded."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        enc = self._encoded[id(batch)]
+        leaf = VideoEncoding(
+            enc.clips.detach().requires_grad_(), enc.tokens.detach().requires_grad_(), enc.mask
+        )
+        self.model.ground(batch, leaf, self.videos(batch)[2]).losses["total"].backward()
+
+    def encoded_videos(self, batch: Batch) -> int:
+        """How many video encodings a step on `batch` runs: one per video, or one per query single-pair."""
+        return batch.num_videos if self.model.cfg.cross_pair else batch.num_queries
+
+
+def run_cell(
+    backbone: str, mix: str, setup: Setup, base: ModelConfig, profiles: Path | None
+) -> dict[str, Any]:
+    """Every measurement of one (backbone, mix): throughput, cost split, memory, profiles and accuracy."""
+    train = generate(setup.train_videos, 0, query_mix=mix, split="train")
+    val = generate(setup.val_videos, 1, query_mix=mix, split="val")
+    vocab = synthetic_vocab(train)
+    batches = [
+        collate(c, vocab, setup.max_clips) for c in budget_batches(train, setup.max_queries, setup.max_videos)
+    ]
+    contenders = {
+        v: Contender(_build(base, backbone, v, vocab, train, setup.max_clips), setup.lr) for v in VARIANTS
+    }
+    pick = lambda r: batches[r % len(batches)]  # noqa: E731 - round r's shared batch
+    warmup = 1
+    kept = [pick(r) for r in range(warmup, warmup + setup.rounds)]
+    queries = np.array([b.num_queries for b in kept], dtype=float)
+    videos = np.array([b.num_videos for b in kept], dtype=float)
+
+    train_t = interleaved({v: _bind(c.train_step, pick) for v, c in contenders.items()}, setup.rounds, warmup)
+    infer_t = interleaved({v: _bind(c.infer, pick) for v, c in contenders.items()}, setup.rounds, warmup)
+    for c in contenders.values():
+        for batch in {id(b): b for b in map(pick, range(warmup + setup.rounds))}.values():
+            c.encode_once(batch)
+    split_calls = {f"{part}:{v}": _bind(getattr(c, f"{part}_step"), pick)
+                   for v, c in contenders.items() for part in ("encode", "ground")}  # fmt: skip
+    split_t = interleaved(split_calls, setup.rounds, warmup)
+
+    cell: dict[str, Any] = {"backbone": backbone, "mix": mix, "k": float(queries.sum() / videos.sum()),
+                            "k_nominal": MIXES[mix].mean_queries, "setup": setup.__dict__, "variants": {}}  # fmt: skip
+    for v, c in contenders.items():
+        train_s, infer_s = np.array(train_t[v]), np.array(infer_t[v])
+        encoded = np.array([c.encoded_videos(b) for b in kept], dtype=float)
+        cell["variants"][v] = {
+            "train_qps": median(queries / train_s), "train_vps": median(videos / train_s),
+            "infer_qps": median(queries / infer_s), "infer_vps": median(videos / infer_s),
+            "train_ratio": median(np.array(train_t[BASELINE]) / train_s),
+            "infer_ratio": median(np.array(infer_t[BASELINE]) / infer_s),
+            "E_ms_per_video": 1e3 * median(np.array(split_t[f"encode:{v}"]) / encoded),
+            "F_ms_per_query": 1e3 * median(np.array(split_t[f"ground:{v}"]) / queries),
+            "train_peak_mib": peak_memory_bytes(lambda c=c: c.train_step(kept[0])) / MIB,
+            "infer_peak_mib": peak_memory_bytes(lambda c=c: c.infer(kept[0])) / MIB,
+        }  # fmt: skip
+    base_cost = cell["variants"][BASELINE]
+    e, f, k = base_cost["E_ms_per_video"], base_cost["F_ms_per_query"], cell["k"]
+    cell["ideal"] = k * (e + f) / (e + k * f)
+    if profiles is not None:
+        cell["profiles"] = {}
+        for v in TRAINED:
+            prof = profile_step(lambda v=v: contenders[v].train_step(kept[0]))
+            path = profiles / f"{backbone}_{mix}_{v}.txt"
+            path.write_text(prof.op_table)
+            cell["profiles"][v] = {"components": prof.rows(), "op_table": str(path)}
+    cell["accuracy"] = {}
+    for v in TRAINED:
+        model = _build(base, backbone, v, vocab, train, setup.max_clips)
+        result = fit(model, train, val, setup.epochs, setup.lr, setup.max_videos, setup.max_queries)
+        steps = setup.epochs * len(batches)
+        cell["accuracy"][v] = result.metrics | {"steps": steps, "train_seconds": result.seconds,
+                                                "final_loss": result.final_loss}  # fmt: skip
+    return cell
+
+
+def _build(
+    base: ModelConfig, backbone: str, variant: str, vocab: Vocab, groups: list[VideoGroup], max_clips: int
+) -> MKTN:
+    """A freshly initialised model (same seed for every variant) for the features of `groups`."""
+    torch.manual_seed(0)
+    shape = groups[0].features.shape
+    return build_model(model_config(base, backbone, variant), vocab, shape[-1], shape[1] if len(shape) == 3 else 1,
+                       max_clips)  # fmt: skip
+
+
+def _bind(step: Callable[[Batch], None], pick: Callable[[int], Batch]) -> Callable[[int], None]:
+    return lambda r: step(pick(r))
+
+
+def fill_report(report: Report, cells: list[dict[str, Any]]) -> None:
+    """Tables, targets (span backbone, as issue 7 sets them) and flat metrics from the measured cells."""
+    report.data["cells"] = cells
+    throughput, split, inference, memory, accuracy = [], [], [], [], []
+    for cell in cells:
+        key = {"backbone": cell["backbone"], "mix": cell["mix"]}
+        var = cell["variants"]
+        throughput.append(key | {"k": cell["k"]} | {f"{v} QPS": var[v]["train_qps"] for v in VARIANTS}
+                          | {f"{v} VPS": var[v]["train_vps"] for v in VARIANTS}
+                          | {f"{v}/single-pair": var[v]["train_ratio"] for v in VARIANTS if v != BASELINE})  # fmt: skip
+        split.append(key | {
+            "k": cell["k"], "E ms/video": var[BASELINE]["E_ms_per_video"], "F ms/query": var[BASELINE]["F_ms_per_query"],
+            "MKTN F ms/query": var[METHOD]["F_ms_per_query"], "ideal k(E+F)/(E+kF)": cell["ideal"],
+            "encode-once measured": var["encode-once"]["train_ratio"],
+            "encode-once % of ideal": 100 * var["encode-once"]["train_ratio"] / cell["ideal"],
+            "MKTN measured": var[METHOD]["train_ratio"], "MKTN % of ideal": 100 * var[METHOD]["train_ratio"] / cell["ideal"],
+        })  # fmt: skip
+        inference.append(key | {f"{v} QPS": var[v]["infer_qps"] for v in VARIANTS}
+                         | {f"{v} VPS": var[v]["infer_vps"] for v in VARIANTS}
+                         | {f"{v}/single-pair": var[v]["infer_ratio"] for v in VARIANTS if v != BASELINE})  # fmt: skip
+        memory.append(key | {f"{v} train": var[v]["train_peak_mib"] for v in VARIANTS}
+                      | {f"{v} inference": var[v]["infer_peak_mib"] for v in VARIANTS})  # fmt: skip
+        for v, acc in cell["accuracy"].items():
+            accuracy.append(key | {"variant": v, "steps": acc["steps"], "R1@0.5": acc["R1@0.5"], "R1@0.7": acc["R1@0.7"],
+                                   "R5@0.5": acc["R5@0.5"], "mIoU": acc["mIoU"], "final loss": acc["final_loss"]})  # fmt: skip
+        for name, value in _flat(cell).items():
+            report.metrics[f"{cell['backbone']}/{cell['mix']}/{name}"] = value
+    report.tables += [
+        Table("Training throughput (queries/s, videos/s; ratios are medians of paired per-batch ratios)", throughput),
+        Table("Cost split of a training step (baseline E per encoded video, F per query; ms) and the ideal ratio",
+              split, note="E = `MKTN.encode_videos`, F = `MKTN.ground` (text, fusion, head, losses; in MKTN also "
+              "CSM/AVM/OPM/APA), each forward + backward, timed separately and interleaved."),
+        Table("Inference throughput (ground + top-5 decode, no gradient)", inference),
+        Table("Peak tensor memory of one step above the resident model and optimizer (MiB)", memory),
+        Table("Accuracy on held-out synthetic videos after the same step budget (percent)", accuracy),
+    ]  # fmt: skip
+    for cell in cells:
+        for v, prof in cell.get("profiles", {}).items():
+            report.tables.append(Table(f"Where a {v} training step goes: {cell['backbone']}, {cell['mix']} "
+                                       f"(torch.profiler; op table in {Path(prof['op_table']).name})",
+                                       prof["components"]))  # fmt: skip
+    report.targets += _targets([c for c in cells if c["backbone"] == "span"])
+
+
+def _targets(cells: list[dict[str, Any]]) -> list[Target]:
+    out = []
+    for cell in cells:
+        mix, var, ideal = cell["mix"], cell["variants"], cell["ideal"]
+        acc = cell["accuracy"]
+        out += [
+            Target(f"span {mix}: MKTN/single-pair train QPS", var[METHOD]["train_ratio"], RATIO_GOAL[mix],
+                   note=f"k={cell['k']:.1f}, ideal {ideal:.2f}"),
+            Target(f"span {mix}: MKTN train ratio, % of ideal", 100 * var[METHOD]["train_ratio"] / ideal, IDEAL_SHARE_GOAL),
+            Target(f"span {mix}: encode-once train ratio, % of ideal", 100 * var["encode-once"]["train_ratio"] / ideal,
+                   IDEAL_SHARE_GOAL, note="multi-pair batching alone, same modules as the baseline"),
+            Target(f"span {mix}: MKTN/single-pair inference VPS", var[METHOD]["infer_ratio"], RATIO_GOAL[mix]),
+            Target(f"span {mix}: R1@0.5 MKTN minus single-pair (points)", acc[METHOD]["R1@0.5"] - acc[BASELINE]["R1@0.5"],
+                   0.0, note=f"after {acc[METHOD]['steps']} steps"),
+        ]  # fmt: skip
+    return out
+
+
+def _flat(cell: dict[str, Any]) -> dict[str, float]:
+    """The cell's numbers as flat MLflow metric names."""
+    out = {"k": cell["k"], "ideal": cell["ideal"]}
+    for v, values in cell["variants"].items():
+        out |= {f"{v}/{name}": value for name, value in values.items()}
+    for v, acc in cell["accuracy"].items():
+        out |= {f"{v}/{name}": value for name, value in acc.items()}
+    return out
+
+
+def plot(report: Report) -> Figure:
+    """Per backbone: training QPS per variant, measured ratios against the ideal and the goal, R1@0.5."""
+    cells = report.data["cells"]
+    fig, axes = plt.subplots(len(BACKBONES), 3, figsize=(15, 4 * len(BACKBONES)), squeeze=False)
+    for row, backbone in zip(axes, BACKBONES):
+        mine = [c for c in cells if c["backbone"] == backbone]
+        mixes = [c["mix"] for c in mine]
+        x = np.arange(len(mine))
+        for i, v in enumerate(VARIANTS):
+            row[0].bar(x + (i - 1) * 0.27, [c["variants"][v]["train_qps"] for c in mine], 0.27, label=v)
+        row[0].set(title=f"{backbone}: training queries/s", xticks=x, xticklabels=mixes, yscale="log")
+        row[0].legend(fontsize=8)
+        for v in VARIANTS:
+            if v != BASELINE:
+                row[1].plot(
+                    mixes, [c["variants"][v]["train_ratio"] for c in mine], "o-", label=f"{v} measured"
+                )
+        row[1].plot(mixes, [c["ideal"] for c in mine], "k--", label="ideal k(E+F)/(E+kF)")
+        row[1].plot(mixes, [RATIO_GOAL[m] for m in mixes], "r:", label="issue 7 goal")
+        row[1].axhline(1.0, color="gray", linewidth=0.8)
+        row[1].set(title=f"{backbone}: training speed-up over single-pair", yscale="log")
+        row[1].legend(fontsize=8)
+        for i, v in enumerate(TRAINED):
+            row[2].bar(x + (i - 0.5) * 0.4, [c["accuracy"][v]["R1@0.5"] for c in mine], 0.4, label=v)
+        row[2].set(title=f"{backbone}: R@1 IoU=0.5 (%) after the same steps", xticks=x, xticklabels=mixes)
+        row[2].legend(fontsize=8)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every (backbone, mix) cell and publish the report."""
+    args = parser(NAME, __doc__.split("\n\n")[0]).parse_args(argv)
+    report = Report(NAME, args.quick)
+    setups = QUICK if args.quick else FULL
+    base = load_config(str(CONFIG), QUICK_MODEL if args.quick else []).model
+    profiles = args.results / f"{NAME}_profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    cells = [
+        run_cell(b, mix, setup, base, profiles if not args.quick or mix == "charades" else None)
+        for b, (mix, setup) in itertools.product(BACKBONES, setups.items())
+    ]  # --quick profiles one mix per backbone
+    fill_report(report, cells)
+    report.files += sorted(profiles.glob("*.txt"))
+    publish(report, args.results, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
