@@ -26,7 +26,7 @@ from typing import Any
 import fsspec
 import ray
 from mlflow.tracking import MlflowClient
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cluster import checkpoint, plots, preflight, tracking
@@ -162,6 +162,7 @@ def _trainer(job: JobConfig, folder: RunFolder, plan: Any, callbacks: Sequence[A
                 checkpoint_score_order="max",
             ),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cluster.use_gpu else "cpu"}},
+            logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
         ),
     )

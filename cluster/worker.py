@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,16 @@ def train_worker(config: dict[str, Any]) -> None:
     state = _restore(engine, plan, world)
     for epoch in range(state.epochs_done, job.train.epochs):
         torch.manual_seed(job.train.seed * 100_003 + epoch * 101 + rank)  # a replayed epoch: the same dropout
-        _train_epoch(engine, plan, vocab, epoch, state, rank, world, device)
+        started = time.perf_counter()
+        loss = _train_epoch(engine, plan, vocab, epoch, state, rank, world, device)
         metrics, predictions = validate(engine, plan.val, vocab, job.data, rank, world, device)
         state.epochs_done, state.metrics = epoch + 1, metrics
         peak = _gather_peak_memory_mb(device, world)
         if rank == 0:
             plan.sink.log.remote([_epoch_record(state, metrics, peak)])
+            print(f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
+                  f"R1@0.5 {metrics['R1@0.5']:.1f} R5@0.5 {metrics['R5@0.5']:.1f} mIoU {metrics['mIoU']:.1f}; "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
         _report(engine, plan, state, rank, vocab, predictions)
 
 
@@ -90,8 +95,9 @@ def _restore(engine: Any, plan: TrainPlan, world: int) -> checkpoint.TrainState:
 def _train_epoch(
     engine: Any, plan: TrainPlan, vocab: Vocab, epoch: int, state: checkpoint.TrainState, rank: int, world: int,
     device: torch.device,
-) -> None:  # fmt: skip
-    """One epoch over this rank's shards, in lockstep with the other ranks; step metrics to the sink."""
+) -> float:  # fmt: skip
+    """One epoch over this rank's shards, in lockstep with the other ranks; step metrics to the sink.
+    Returns the epoch's mean loss (over ranks and steps)."""
     job = plan.job
     assignment = assign_shards(plan.train.shards, world, job.train.seed, epoch)
     urls = [s.url for s in assignment.per_rank[rank]]
@@ -107,7 +113,7 @@ def _train_epoch(
         )
 
     engine.train()
-    window = StepWindow(device)
+    window, losses = StepWindow(device), []
     for step in lockstep(batches, device):
         batch = step.batch.to(device)
         progress = min(state.global_step / plan.planned_steps, 1.0)
@@ -120,9 +126,10 @@ def _train_epoch(
         if audit is not None:
             audit.write(epoch, state.global_step, step.fresh, batch)
         if state.global_step % job.train.log_every_steps == 0:
-            _send(plan, rank, window.flush(world))
+            losses += _send(plan, rank, window.flush(world))
             window = StepWindow(device)
-    _send(plan, rank, window.flush(world))
+    losses += _send(plan, rank, window.flush(world))
+    return sum(losses) / max(len(losses), 1)
 
 
 def _report(
@@ -155,9 +162,11 @@ def _report(
         )
 
 
-def _send(plan: TrainPlan, rank: int, records: list[dict]) -> None:
+def _send(plan: TrainPlan, rank: int, records: list[dict]) -> list[float]:
+    """Rank 0 sends the step records to the metric sink; every rank gets the steps' losses back."""
     if rank == 0 and records:
         plan.sink.log.remote(records)
+    return [r["values"]["train/loss"] for r in records]
 
 
 def _epoch_record(state: checkpoint.TrainState, metrics: dict[str, float], peak_mb: list[float]) -> dict:

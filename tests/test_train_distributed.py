@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster.cli import main
 from data_pipeline.shards import read_manifest
 from tests.train_jobs import MlflowRun, audit, checkpoints, run, start, tiny_dataset, train_args, wait_for
 
@@ -108,7 +109,7 @@ def test_no_video_is_split_across_workers_or_batches(reference: Path, data: tupl
     assert steps[0] == steps[1]  # equal step counts on both workers
 
 
-def test_zero3_export_loads_without_deepspeed_or_ray_and_reproduces_validation(zero3: Path, data) -> None:
+def test_zero3_export_and_checkpoint_reproduce_validation_without_deepspeed_or_ray(zero3: Path, data) -> None:
     script = f"""
 import json, sys
 sys.modules["deepspeed"] = sys.modules["ray"] = None  # importing either now fails
@@ -125,6 +126,12 @@ print(json.dumps(evaluate(load_model({str(zero3 / "model")!r}), {data[1]!r}, job
     mlflow = MlflowRun(zero3)
     reported = {m: mlflow.values(f"val/{m}")[-1] for m in METRICS}
     assert {m.replace("_IoU", "@"): v for m, v in reported.items()} == pytest.approx(metrics, abs=1e-6)
+    # `mktn eval` straight from the ZeRO-3 shards of the final checkpoint gives the same numbers
+    (checkpoint,) = (zero3 / "ray" / "train").glob("checkpoint_epoch0002")
+    assert main(["eval", str(checkpoint), "--data", data[1], "--json", str(zero3 / "eval.json")]) == 0
+    from_shards = json.loads((zero3 / "eval.json").read_text())
+    assert {k: from_shards[k] for k in metrics} == pytest.approx(metrics, abs=1e-6)
+    assert "eval/synthetic-charades/val/mIoU" in mlflow.client.get_run(mlflow.run_id).data.metrics
 
 
 def test_best_checkpoints_and_the_latest_are_kept(reference: Path) -> None:
