@@ -36,13 +36,14 @@ space:
 REPRODUCE = """
 import json, sys
 import mlflow, numpy as np, pandas as pd
+from cluster.assign import assign_shards, read_dataset_shards
 from data_pipeline.config import DataConfig
 from data_pipeline.loader import CorruptLog, iter_video_groups
-from data_pipeline.shards import shard_urls
 from mktn.metrics import grounding_metrics
 
 model = mlflow.pyfunc.load_model(sys.argv[1])
-groups = list(iter_video_groups(shard_urls(sys.argv[2]), DataConfig(), CorruptLog(0)))
+shards = assign_shards(read_dataset_shards(sys.argv[2]).shards, 1, seed=0, epoch=0).per_rank[0]
+groups = list(iter_video_groups([s.url for s in shards], DataConfig(), CorruptLog(0)))  # validation's order
 rows = [{"video_id": g.video_id, "sentence": q.sentence, "duration": g.duration, "query_id": q.query_id,
          "features": g.features} for g in groups for q in g.queries]
 out = model.predict(pd.DataFrame(rows), params={"top_k": 5})
@@ -52,9 +53,11 @@ print(json.dumps(grounding_metrics([[(m["start"], m["end"]) for m in ms] for ms 
 """
 
 
-def tune_args(output: Path, data: tuple[str, str], search: Path, *extra: str) -> list[str]:
+def tune_args(
+    output: Path, data: tuple[str, str], search: Path, *flags: str, overrides: tuple[str, ...] = ()
+) -> list[str]:
     return [sys.executable, "-m", "cluster.cli", "tune", str(CONFIG), f"data.train={data[0]}", f"data.val={data[1]}",
-            *JOB, "--search", str(search), "--output", str(output), *extra]  # fmt: skip
+            *JOB, *overrides, "--search", str(search), "--output", str(output), *flags]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def test_the_registered_model_reproduces_its_eval_metrics_in_a_fresh_process(sea
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     run = search["client"].get_run(search["parent"].data.tags["best_run_id"])
     expected = {key: run.data.metrics[f"val/{mlflow_key(key)}"] for key in METRIC_KEYS}
-    assert metrics == expected  # exactly: same weights, same batches, same decoding, same float32 truth
+    assert metrics == expected  # exactly: same weights, batches, decoding, float32 truth and query order
 
 
 def test_mlflow_models_serve_answers_a_request(search: dict) -> None:
@@ -183,7 +186,7 @@ def test_an_interrupted_search_resumes_with_tuner_restore(tmp_path: Path) -> Non
     data = tiny_dataset(tmp_path / "data")
     (tmp_path / "search.yaml").write_text(SEARCH.replace("num_samples: 2", "num_samples: 3"))
     output, log = tmp_path / "search", tmp_path / "tune.log"
-    job = start(tune_args(output, data, tmp_path / "search.yaml", "train.epochs=3"), log)
+    job = start(tune_args(output, data, tmp_path / "search.yaml", overrides=("train.epochs=3",)), log)
     ray_state = output / "ray" / "search"
     wait_for(lambda: any((output / "trials").glob("*/ray/train/checkpoint_epoch0001")), "a trial checkpoint",
              timeout=600, process=job)  # fmt: skip
