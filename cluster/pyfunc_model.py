@@ -20,19 +20,17 @@ and the parameter `top_k` (default 5). Output: one row per input row, in input o
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from cluster.model_source import open_model
+from cluster.model_source import ModelSource, open_model
 from cluster.predict import (
     DEFAULT_LIMITS,
     Budget,
@@ -87,31 +85,27 @@ def predictor_for(model: MKTN, data: DataConfig | None = None, limits: Limits = 
 
 
 def load_predictor(source: str, limits: Limits = DEFAULT_LIMITS) -> Predictor:
-    """A `Predictor` from a registered model URI (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), or from anything
-    `mktn eval` accepts: a run folder, a checkpoint, an exported model folder, `runs:/RUN_ID/model`."""
-    if not source.startswith("models:/"):
-        found = open_model(source)
-        return predictor_for(found.model, found.data_cfg, limits)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="mktn-model-")
-    )
-    model, data = read_logged_model(local)
-    return predictor_for(model, data, limits)
+    """A `Predictor` for anything `mktn eval` accepts: a registered model (`models:/NAME@ALIAS`), a run folder, a
+    checkpoint, an exported model folder, `runs:/RUN_ID/model`."""
+    found = open_model(source)
+    return predictor_for(found.model, found.data_cfg, limits)
 
 
-def read_logged_model(local: str) -> tuple[MKTN, DataConfig]:
-    """The model and data settings of a downloaded MKTN pyfunc model, read without running any of its code.
+def read_logged_model(local: str, tracking_uri: str | None) -> ModelSource:
+    """The model, data settings and training run of a downloaded MKTN pyfunc model, without running its code.
 
     `mlflow.pyfunc.load_model` would run the code file stored with the model; this reads only its `MLmodel`
     (YAML), the exported folder (safetensors + JSON) and the model config, so a tampered artifact store can
     at worst fail to load."""
-    flavor = Model.load(local).flavors.get("python_function", {})
+    logged = Model.load(local)
+    flavor = logged.flavors.get("python_function", {})
     folder = flavor.get("artifacts", {}).get(MODEL_ARTIFACT, {}).get("path")
     root = Path(local).resolve()
     if not isinstance(folder, str) or not (root / folder).resolve().is_relative_to(root):
         raise ValueError(f"{local}: not an MKTN model registered by `mktn register` (no {MODEL_ARTIFACT} artifact "
                          "inside the model folder)")  # fmt: skip
-    return load_model(str(root / folder)), DataConfig.model_validate(flavor.get("model_config") or {})
+    data = DataConfig.model_validate(flavor.get("model_config") or {})
+    return ModelSource(load_model(str(root / folder)), tracking_uri, logged.run_id, data)
 
 
 @dataclass
