@@ -212,16 +212,19 @@ def _json(text: str) -> Any:
 
 
 def _lines(f: Any, limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) per line; None instead of the bytes of a line longer than `limit`."""
-    line_no = 0
-    while chunk := f.readline(limit + 1):
-        line_no += 1
-        if len(chunk) > limit and not chunk.endswith(b"\n"):
-            while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
-            yield line_no, None
-        else:
-            yield line_no, chunk
+    """(line number, bytes without the newline) per line, read in chunks; None instead of the bytes of a line
+    longer than `limit`, which is skipped without ever being held whole."""
+    line_no, buffer, too_long = 0, b"", False
+    while chunk := f.read(1 << 16):
+        *complete, buffer = (buffer + chunk).split(b"\n")
+        for line in complete:
+            line_no += 1
+            yield line_no, None if too_long or len(line) > limit else line
+            too_long = False
+        if len(buffer) > limit:
+            buffer, too_long = b"", True
+    if buffer or too_long:
+        yield line_no + 1, None if too_long else buffer
 
 
 # ---- the predictor -------------------------------------------------------------------------------

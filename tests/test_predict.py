@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -175,6 +176,12 @@ def test_oversized_and_undecodable_lines_are_row_errors(tmp_path: Path) -> None:
     assert [q.row for q in queries] == [1, 4]
     assert errors[0] == RowError(2, "line is longer than the limit max_line_bytes=1000")
     assert errors[1].row == 3 and "utf-8" in errors[1].message
+    with fsspec.open("memory://predict/q.jsonl", "wb") as f:  # lines across read chunks, from any fsspec URL
+        f.write(b"\n".join([ok.encode(), json.dumps({"video_id": "v" * 200_000, "sentence": "a b", "duration": 1})
+                            .encode(), b"\xff" * 300_000, ok.encode()]))  # fmt: skip
+    queries, errors = read_queries("memory://predict/q.jsonl", Limits(max_line_bytes=1 << 18))
+    assert [q.row for q in queries] == [1, 2, 4] and len(queries[1].video_id) == 200_000
+    assert errors == [RowError(3, "line is longer than the limit max_line_bytes=262144")]
     long_sentence = json.dumps({"video_id": "v", "sentence": "word " * 1000, "duration": 5})
     _, errors = read_queries(str(write_jsonl(tmp_path / "s.jsonl", [long_sentence])))
     assert "over the limit max_sentence_chars=2000" in errors[0].message
