@@ -121,11 +121,16 @@ def prediction_record(query: Query, moments: Sequence[Moment]) -> dict[str, Any]
     record: dict[str, Any] = {
         "row": query.row, "query_id": query.query_id, "video_id": query.video_id, "sentence": query.sentence,
         "duration": query.duration,
-        "moments": [{"start": s, "end": e, "score": p} for s, e, p in moments],
+        "moments": moment_dicts(moments),
     }  # fmt: skip
     if query.truth is not None:
         record["truth"] = list(query.truth)
     return record
+
+
+def moment_dicts(moments: Sequence[Moment]) -> list[dict[str, float]]:
+    """Ranked moments as `{"start", "end", "score"}` (seconds; score = the decoder's probability), best first."""
+    return [{"start": s, "end": e, "score": p} for s, e, p in moments]
 
 
 # ---- parsing rows --------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class Predictor:
         """Ground `queries`; `load(video_id)` returns a video's raw features (raising ValueError when it
         cannot). Rows that fail, plus the given `errors`, are reported; every other row is predicted."""
         if top_k < 1:
-            raise ValueError(f"--top-k must be >= 1, got {top_k}")
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         result = PredictResult(list(queries), errors=list(errors))
         groups: list[VideoGroup] = []
         rows: dict[str, list[Query]] = {}
@@ -272,14 +277,15 @@ class Predictor:
         if len(queries) > limits.max_queries_per_video:
             raise ValueError(f"video {video_id!r} has {len(queries)} queries, over the limit "
                              f"max_queries_per_video={limits.max_queries_per_video}")  # fmt: skip
-        feats = check_features(load(video_id), f"features of video {video_id!r}", self.model.feature_dim)
+        raw = load(video_id)
+        if raw.ndim and raw.shape[0] > limits.max_clips_per_video:  # before any copy of the array
+            raise ValueError(f"features of video {video_id!r} have {raw.shape[0]} clips, over the limit "
+                             f"max_clips_per_video={limits.max_clips_per_video}")  # fmt: skip
+        feats = check_features(raw, f"features of video {video_id!r}", self.model.feature_dim)
         tokens = 1 if feats.ndim == 2 else feats.shape[1]
         if tokens != self.model.tokens_per_clip:
             raise ValueError(f"features of video {video_id!r} have {tokens} tokens per clip; the model was "
                              f"trained on {self.model.tokens_per_clip}")  # fmt: skip
-        if feats.shape[0] > limits.max_clips_per_video:
-            raise ValueError(f"features of video {video_id!r} have {feats.shape[0]} clips, over the limit "
-                             f"max_clips_per_video={limits.max_clips_per_video}")  # fmt: skip
         duration = queries[0].duration
         annotations = [
             QueryAnnotation(q.query_id, q.sentence, *(q.truth or (0.0, duration)), index=i)

@@ -39,6 +39,7 @@ from cluster.predict import (
     PredictResult,
     Query,
     RowError,
+    moment_dicts,
     parse_query,
 )
 from data_pipeline.config import DataConfig
@@ -177,7 +178,7 @@ def result_table(result: PredictResult, rows: int) -> pd.DataFrame:
         moments = result.moments.get(query.row)
         if moments is not None:
             top = moments[0] if moments else (None, None, None)
-            out[query.row] |= {"moments": [{"start": s, "end": e, "score": p} for s, e, p in moments],
+            out[query.row] |= {"moments": moment_dicts(moments),
                                "start": top[0], "end": top[1], "score": top[2]}  # fmt: skip
     for error in result.errors:
         out[error.row]["error"] = error.message
