@@ -8,7 +8,7 @@ Input: a table, one row per query, with the columns
     video_id    the video the sentence is about
     sentence    the query
     duration    the video's length in seconds (moments come back in seconds)
-    features    the video's clip features: a path/URL of a `.npy` file, or the array itself,
+    features    the video's clip features: the path of a local `.npy` file, or the array itself,
                 (clips, dim) or (clips, tokens, dim) as the model was trained; needed on at least one row
                 of each video, the other rows may leave it empty or repeat it
     query_id, start, end    optional; start/end (the true moment) are passed through
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 from mlflow.models import Model
@@ -111,7 +110,7 @@ def read_logged_model(local: str, tracking_uri: str | None) -> ModelSource:
 
 @dataclass
 class TableFeatures:
-    """Each video's features as given in the table: a `.npy` path/URL or an array."""
+    """Each video's features as given in the table: a local `.npy` path or an array."""
 
     sources: dict[str, Any]
 
@@ -119,14 +118,26 @@ class TableFeatures:
         """The raw array of `video_id` (checked afterwards by the predictor)."""
         source = self.sources.get(video_id)
         if source is None:
-            raise ValueError(f"no row of video {video_id!r} has 'features' (a .npy path/URL or an array)")
+            raise ValueError(f"no row of video {video_id!r} has 'features' (a local .npy path or an array)")
         if isinstance(source, str):
-            with fsspec.open(source, "rb") as f:
-                return load_npy(f.read(), source)
+            return _local_npy(source)
         try:
             return np.asarray(source, dtype=None if isinstance(source, np.ndarray) else np.float64)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"'features' of video {video_id!r} is not a numeric array ({exc})") from exc
+
+
+def _local_npy(path: str) -> np.ndarray:
+    """A local `.npy` file (never unpickled). Served models take requests from others: a URL (http, s3, ...)
+    would make the server fetch it for them, so other locations must send the array itself."""
+    local = path.removeprefix("file://")
+    if "://" in local or not local.endswith(".npy"):
+        raise ValueError(f"'features' path {path!r} must be a local .npy file; send other features as arrays")
+    try:
+        with open(local, "rb") as f:
+            return load_npy(f.read(), path)
+    except OSError as exc:
+        raise ValueError(f"'features' path {path!r} cannot be read ({exc.strerror})") from exc
 
 
 def parse_table(table: pd.DataFrame, limits: Limits) -> tuple[list[Query], list[RowError], TableFeatures]:
@@ -151,7 +162,7 @@ def _check_features(sources: dict[str, Any], video_id: str, given: Any) -> None:
     if given is None:
         return
     if not isinstance(given, str | list | tuple | np.ndarray):
-        raise ValueError(f"'features' must be a .npy path/URL or an array, got {type(given).__name__}")
+        raise ValueError(f"'features' must be a local .npy path or an array, got {type(given).__name__}")
     first = sources.setdefault(video_id, given)
     same = first == given if isinstance(first, str) or isinstance(given, str) else _same_array(first, given)
     if not same:
@@ -182,6 +193,5 @@ def result_table(result: PredictResult, rows: int) -> pd.DataFrame:
                                "start": top[0], "end": top[1], "score": top[2]}  # fmt: skip
     for error in result.errors:
         out[error.row]["error"] = error.message
-    return pd.DataFrame(
-        out, columns=list(OUTPUT_COLUMNS), dtype=object
-    )  # object: missing values stay None (JSON null)
+    # object columns: a missing value stays None (JSON null when served), not NaN
+    return pd.DataFrame(out, columns=list(OUTPUT_COLUMNS), dtype=object)

@@ -78,6 +78,7 @@ def test_loaded_by_alias_it_predicts_a_table_with_per_row_errors(registered: dic
             {**rows[8], "features": [[1.0, 2.0]]},
             {**rows[10], "duration": -1.0},
             {**rows[3], "features": [[0.5] * DIM]},  # video of rows 0-2, other features
+            {**rows[11], "features": "http://169.254.169.254/latest/features.npy"},  # never fetched
         ]
     )
     out = model.predict(table, params={"top_k": 2})
@@ -90,6 +91,7 @@ def test_loaded_by_alias_it_predicts_a_table_with_per_row_errors(registered: dic
     assert "feature dim 2, expected 8" in out["error"][6]
     assert out["error"][7] == "'duration' must be > 0 seconds, got -1.0"
     assert out["error"][8] == "'features' differ from those of an earlier row of video '3MSZA'"
+    assert "must be a local .npy file; send other features as arrays" in out["error"][9]
     same = model.predict(table[:4], params={"top_k": 2})
     assert same["moments"].tolist() == out["moments"][:4].tolist()  # bad rows never change the good ones
 
