@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ParamSchema, ParamSpec
@@ -101,9 +102,7 @@ def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[
     metrics: dict[str, float] = {}
     config: dict[str, Any] = {"model": model.cfg.model_dump(mode="json")}
     if found.run_id:
-        run = tracking.retrying(
-            client.get_run, found.run_id, what="reading the training run", patience_s=PATIENCE_S
-        )
+        run = _training_run(client, found.run_id, source)
         tags |= {"run_id": found.run_id} | {k: run.data.tags[k] for k in RUN_TAGS if k in run.data.tags}
         metrics = {k: run.data.metrics[f"val/{tracking.mlflow_key(k)}"] for k in METRIC_KEYS
                    if f"val/{tracking.mlflow_key(k)}" in run.data.metrics}  # fmt: skip
@@ -114,6 +113,17 @@ def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[
     tags["config"] = json.dumps(config, sort_keys=True)
     tags |= {f"val/{tracking.mlflow_key(k)}": repr(v) for k, v in metrics.items()}
     return tags
+
+
+def _training_run(client: MlflowClient, run_id: str, source: str) -> Any:
+    """The model's training run; a store that does not hold it is named (no long retries on a wrong store)."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(
+            f"{source}: its training run {run_id} is not in the MLflow store {client.tracking_uri} "
+            f"({exc.message}); point --tracking-uri or MLFLOW_TRACKING_URI at the run's store"
+        ) from exc
 
 
 def _log_and_register(client: MlflowClient, folder: str, found: ModelSource, name: str, source: str) -> str:
@@ -138,10 +148,8 @@ def _log_and_register(client: MlflowClient, folder: str, found: ModelSource, nam
     mlflow.start_run(run_id=found.run_id)
     try:
         info = mlflow.pyfunc.log_model(**kwargs)
-    finally:
-        mlflow.end_run(
-            status=status
-        )  # the training run keeps its status (FINISHED, or RUNNING while it trains)
+    finally:  # the training run keeps its status (FINISHED, or RUNNING while it still trains)
+        mlflow.end_run(status=status)
     return str(info.registered_model_version)
 
 

@@ -120,6 +120,21 @@ def test_the_best_trial_is_registered_with_its_alias_and_tags(search: dict) -> N
     assert f"registered {NAME} version {version.version} (alias champion)" in search["log"]
 
 
+def test_a_checkpoint_registers_as_a_new_version_under_another_alias(search: dict) -> None:
+    client, parent = search["client"], search["parent"]
+    trial = search["output"] / "trials" / parent.data.tags["best_trial_id"]
+    final = sorted((trial / "ray" / "train").glob("checkpoint_epoch*"))[-1]
+    run([sys.executable, "-m", "cluster.cli", "register", str(final), "--name", NAME, "--alias", "challenger"],
+        search["root"] / "register.log")  # fmt: skip
+    champion, challenger = (client.get_model_version_by_alias(NAME, a) for a in ("champion", "challenger"))
+    assert int(challenger.version) == int(champion.version) + 1
+    assert challenger.run_id == champion.run_id == parent.data.tags["best_run_id"]
+    state = json.loads((final / "mktn_state.json").read_text())
+    for key in METRIC_KEYS:  # the checkpoint's own validation
+        assert float(challenger.tags[f"val/{mlflow_key(key)}"]) == state["metrics"][key]
+    assert challenger.tags["source"] == str(final)
+
+
 def test_the_registered_model_reproduces_its_eval_metrics_in_a_fresh_process(search: dict) -> None:
     env = job_env(MLFLOW_TRACKING_URI=search["uri"])
     out = subprocess.run([sys.executable, "-c", REPRODUCE, f"models:/{NAME}@champion", search["data"][1]],
