@@ -1,0 +1,254 @@
+"""Multi-node training with every shared byte on an object store (slow; `make test-slow`).
+
+A real S3 server (moto) and a real two-node Ray cluster (`ray start --head` + `ray start --address`, token
+auth) on loopback. Shards, Ray Train checkpoints, the exported model and MLflow artifacts all live in the
+bucket; the job runs as a Ray Job (`ray job submit --working-dir .`), so its driver runs on the head node
+like on a real cluster. Scenarios:
+
+- node loss: the non-head node's raylet is SIGKILLed after the first checkpoint reached the bucket; a
+  replacement node joins; Ray Train restarts the worker group from that checkpoint (downloaded from the
+  bucket) and the job finishes; the model is then evaluated from the object store.
+- `ray job stop`: a stopped job leaves its last checkpoint in the bucket; `mktn train --resume` submitted
+  as a new job continues from it and finishes.
+
+Run one with `pytest -m slow -s tests/test_multinode_s3.py`; `-s` prints the commands, wall times and
+the bucket listing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.ray_cluster import LocalRayCluster, cluster_env
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EPOCHS = 4
+# Job log lines worth printing: progress, failures, restarts, checkpoints, results.
+NOTABLE = re.compile(r"epoch|restor|restart|fail|error|died|dead|checkpoint|validation|R@1|throughput", re.I)
+# A tiny job: 2 workers (one per node), 1 CPU each, a small model; per epoch ~3 steps per worker.
+TRAIN_OVERRIDES = [
+    "cluster.num_workers=2",
+    "cluster.cpus_per_worker=1",
+    "cluster.max_failures=3",
+    f"train.epochs={EPOCHS}",
+    "train.log_every_steps=1",
+    "model.d_model=32",
+    "model.num_heads=2",
+    "data.max_clips=16",
+    "data.max_videos_per_batch=4",
+]
+
+
+class Scenario:
+    """One bucket, one local two-node Ray cluster, one MLflow store; commands are timed for the report."""
+
+    def __init__(self, bucket: str, tmp: Path):
+        self.bucket, self.tmp = bucket, tmp
+        self.data = f"{bucket}/data"
+        self.timings: list[tuple[str, float]] = []
+        self.jobs: list[str] = []
+        tracking = f"sqlite:///{tmp / 'mlflow.db'}"  # the tracking DB stays on the driver's node
+        self.env = cluster_env(
+            {
+                "MLFLOW_TRACKING_URI": tracking,
+                "DS_ACCELERATOR": "cpu",
+                "RAY_DEDUP_LOGS": "0",
+                "MKTN_DEBUG": "1",
+            }
+        )
+        self.cluster = LocalRayCluster(root=tmp, env=self.env)
+
+    def run(self, args: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command (cwd = repo, the scenario's environment) and record its wall time."""
+        started = time.monotonic()
+        out = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        self.timings.append((shlex.join(args).replace(str(BIN) + "/", ""), time.monotonic() - started))
+        if check:
+            assert out.returncode == 0, (
+                f"{shlex.join(args)} exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+            )
+        return out
+
+    def up(self) -> None:
+        """MLflow experiment with its artifacts in the bucket, the dataset in the bucket, then the cluster."""
+        client = MlflowClient(self.env["MLFLOW_TRACKING_URI"])
+        client.create_experiment("mktn", artifact_location=f"{self.bucket}/mlflow")
+        self.run([str(BIN / "mktn"), "prepare", "synthetic", "--out", self.data, "--videos", "40",
+                  "--val-videos", "16", "--shard-size-mb", "0.3", "--no-progress"])  # fmt: skip
+        started = time.monotonic()
+        self.cluster.start_head()
+        self.cluster.add_node("node2")
+        self.timings.append(("ray start --head + ray start --address (2 nodes)", time.monotonic() - started))
+
+    def submit(self, run_name: str, *extra: str) -> str:
+        """`ray job submit --no-wait --working-dir . -- mktn train ...`; returns the job id."""
+        entrypoint = [
+            "mktn", "train", "configs/synthetic.yaml", f"data.train={self.data}/train", f"data.val={self.data}/val",
+            *TRAIN_OVERRIDES, f"cluster.storage_path={self.bucket}/runs/{run_name}/ray",
+            "--output", str(self.tmp / run_name), *extra,
+        ]  # fmt: skip
+        out = self.ray_job("submit", "--no-wait", "--working-dir", ".", "--", *entrypoint)
+        job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
+        self.jobs.append(job)
+        return job
+
+    def ray_job(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([str(BIN / "ray"), "job", *args[:1], "--address", self.cluster.dashboard_url, *args[1:]],
+                        check=check)  # fmt: skip
+
+    def job_status(self, job_id: str) -> str:
+        """The job's status from the Ray Jobs REST API (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED)."""
+        return self.cluster.api(f"/api/jobs/{job_id}")["status"]
+
+    def wait_status(self, job_id: str, want: set[str], timeout: float = 900) -> str:
+        status = _wait(
+            lambda: (s := self.job_status(job_id)) in want | {"FAILED"} and s, f"job {want}", timeout
+        )
+        if status == "FAILED" and "FAILED" not in want:
+            pytest.fail(f"job {job_id} failed:\n{self.ray_job('logs', job_id).stdout[-8000:]}")
+        return status
+
+    def keys(self, prefix: str = "") -> dict[str, int]:
+        """Object key -> size under `prefix`, straight from the server."""
+        s3, out = boto3.client("s3"), {}
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket[5:], Prefix=prefix)
+        for page in pages:
+            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        return out
+
+    def wait_checkpoint(self, job_id: str, run_name: str) -> list[str]:
+        """Wait until Ray Train committed a checkpoint of `run_name` to the bucket; fail if the job ends first."""
+
+        def committed() -> list[str]:
+            if self.job_status(job_id) in {"FAILED", "STOPPED", "SUCCEEDED"}:
+                pytest.fail(
+                    f"job {job_id} ended before a checkpoint:\n{self.ray_job('logs', job_id).stdout[-8000:]}"
+                )
+            return self.registered_checkpoints(run_name)
+
+        return _wait(committed, "the first checkpoint in the bucket", 900)
+
+    def registered_checkpoints(self, run_name: str) -> list[str]:
+        """Checkpoints Ray Train has committed (its manager snapshot in the bucket), oldest first."""
+        key = f"runs/{run_name}/ray/train/checkpoint_manager_snapshot.json"
+        if key not in self.keys(key):
+            return []
+        body = boto3.client("s3").get_object(Bucket=self.bucket[5:], Key=key)["Body"].read().decode()
+        return sorted(set(re.findall(r"checkpoint_epoch\d{4}", body)))
+
+    def report(self, title: str) -> None:
+        """Commands with wall times, the jobs' notable log lines and the bucket listing (printed; `pytest -s`)."""
+        print(f"\n=== {title}: commands and wall times")
+        for command, seconds in self.timings:
+            print(f"{seconds:8.1f} s  {command}")
+        for job in self.jobs:
+            logs = self.ray_job("logs", job, check=False).stdout.splitlines()
+            print(f"=== job {job}: {len(logs)} log lines, notable ones:")
+            print("\n".join(line[:240] for line in logs if NOTABLE.search(line)))
+        print(f"=== {self.bucket} after the run")
+        for key, size in sorted(self.keys().items()):
+            print(f"{size:10d}  {key}")
+
+
+def _wait(condition: Callable[[], object], what: str, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def scenario(s3_bucket, tmp_path, request):
+    s = Scenario(s3_bucket, tmp_path)
+    try:
+        s.up()
+        yield s
+    finally:
+        s.report(request.node.name)
+        s.cluster.shutdown()
+
+
+def _checkpoint_reads_after(log: Path, since: float, run_name: str) -> list[str]:
+    """Object GETs of `run_name`'s checkpoints that the S3 server logged after `since` (epoch seconds)."""
+    hits = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", log.read_text()).splitlines():  # werkzeug colours some lines
+        m = re.search(
+            r"\[(\d+/\w+/\d+ \d+:\d+:\d+)\] \"GET /[^/]+/(runs/" + run_name + r"/ray/train/checkpoint_\S+)",
+            line,
+        )
+        if m and time.mktime(time.strptime(m.group(1), "%d/%b/%Y %H:%M:%S")) >= int(since):
+            hits.append(m.group(2))
+    return hits
+
+
+def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
+    s, run = scenario, "r1"
+    submitted = time.monotonic()
+    job = s.submit(run)
+    first = s.wait_checkpoint(job, run)
+    killed_at = time.time()
+    raylet = s.cluster.kill_raylet("node2")
+    s.timings.append((f"SIGKILL raylet of node2 (pid {raylet}) after {first[-1]} was committed", 0.0))
+    started = time.monotonic()
+    s.cluster.add_node("node3")  # the replacement machine
+    s.timings.append(("ray start --address (replacement node3)", time.monotonic() - started))
+
+    assert s.wait_status(job, {"SUCCEEDED"}) == "SUCCEEDED"
+    logs = s.ray_job("logs", job).stdout
+    s.timings.append(
+        (f"job {job}: submit -> SUCCEEDED (through the node loss)", time.monotonic() - submitted)
+    )
+
+    # The restarted workers read the committed checkpoint back from the bucket.
+    reads = _checkpoint_reads_after(s3_server.log, killed_at, run)
+    assert any(first[-1] in key for key in reads), f"no read of {first[-1]} after the kill: {reads[:10]}"
+    keys = s.keys()
+    assert sum(k.startswith("data/train/shards/shard-") for k in keys) >= 2
+    final = f"runs/{run}/ray/train/checkpoint_epoch{EPOCHS:04d}/mktn_state.json"
+    assert final in keys, sorted(keys)
+    assert any(k.startswith("mlflow/") and "/artifacts/model/" in k for k in keys), (
+        "model not in MLflow's S3 store"
+    )
+    assert "validation after" in logs and "R1@0.5" in logs
+
+    # Evaluate from the object store: the model MLflow logged (artifacts in the bucket) on the val shards there.
+    run_id = json.loads((s.tmp / run / "run.json").read_text())["run_id"]
+    out = s.run([str(BIN / "mktn"), "eval", f"runs:/{run_id}/model", "--data", f"{s.data}/val"])
+    assert "mIoU" in out.stdout and "queries/s" in out.stdout
+
+
+def test_ray_job_stop_leaves_a_resumable_checkpoint(scenario):
+    s, run = scenario, "r2"
+    job = s.submit(run)
+    first = s.wait_checkpoint(job, run)
+    s.ray_job("stop", job)
+    assert s.wait_status(job, {"STOPPED"}) == "STOPPED"
+    logs = s.ray_job("logs", job).stdout
+    assert re.search(r"epoch|step", logs), "the job's logs show no training progress"
+    committed = s.registered_checkpoints(run)
+    assert first[0] in committed
+
+    resumed = s.submit(run, "--resume")
+    assert s.wait_status(resumed, {"SUCCEEDED"}) == "SUCCEEDED"
+    keys = s.keys(f"runs/{run}/ray/train/")
+    assert f"runs/{run}/ray/train/checkpoint_epoch{EPOCHS:04d}/mktn_state.json" in keys
+    state = json.loads((s.tmp / run / "run.json").read_text())
+    assert state["status"] == "finished"
