@@ -40,16 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id")  # fmt: skip
     p.add_argument("--hdf5-key", metavar="NAME", help="dataset inside each video's HDF5 group")
     p.add_argument("--queries", required=True, metavar="FILE", help="JSONL query file (any fsspec URL)")
-    p.add_argument("--top-k", type=int, default=5, help="moments per query (default 5)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="moments per query (default 5)")
     p.add_argument("--out", metavar="FILE", help="write the JSONL predictions here (default: print them)")
     p.add_argument("--visualize", metavar="DIR", help="write one PNG per video: predicted and true moments")
     p.add_argument("--batch-queries", type=int, metavar="N",
                    help="query budget of one batch (default: the training run's data.max_queries_per_batch)")  # fmt: skip
     p.add_argument("--batch-videos", type=int, metavar="N",
                    help="video budget of one batch (default: the training run's data.max_videos_per_batch)")  # fmt: skip
-    p.add_argument("--max-clips-per-video", type=int, default=Limits.max_clips_per_video,
+    p.add_argument("--max-clips-per-video", type=int, default=Limits.max_clips_per_video, metavar="N",
                    help=f"refuse longer videos (default {Limits.max_clips_per_video})")  # fmt: skip
-    p.add_argument("--max-queries-per-video", type=int, default=Limits.max_queries_per_video,
+    p.add_argument("--max-queries-per-video", type=int, default=Limits.max_queries_per_video, metavar="N",
                    help=f"refuse videos with more queries (default {Limits.max_queries_per_video})")  # fmt: skip
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for models:/ and runs:/ URIs "
                    "(default: MLFLOW_TRACKING_URI)")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from cluster.commands.register import print_registered
@@ -61,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     outcome = tune_search(job, args.search, args.output, num_samples=args.num_samples, address=args.address,
                           resume=args.resume, register_as=args.register, alias=args.alias)  # fmt: skip
     print_outcome(outcome)
+    name = args.register or outcome.folder.job.mlflow.register_as
+    if name and outcome.registered is None:
+        print(f"nothing registered as {name}: no trial finished training", file=sys.stderr)
+        return 1
     return 0
 
 
