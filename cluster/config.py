@@ -152,6 +152,17 @@ def with_values(job: JobConfig, values: dict[str, Any], source: str) -> JobConfi
         raise _explain(exc, source) from None
 
 
+def override_config(job: JobConfig, overrides: list[str], source: str) -> JobConfig:
+    """`job` with dotted `KEY=VALUE` overrides applied, validated like `load_config` (`source` leads errors)."""
+    tree = job.model_dump(mode="json")
+    for ov in overrides:
+        apply_override(tree, ov)
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, f"{source} with overrides {list(overrides)}") from None
+
+
 def load_config(path: str | None, overrides: list[str] = ()) -> JobConfig:
     """Read a YAML config (any fsspec URL; None = embedded defaults), apply overrides, validate."""
     tree: dict = {}

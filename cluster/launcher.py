@@ -68,60 +68,79 @@ def train(
     `TuneReportCallback` and `mlflow.parentRunId`)."""
     started = time.perf_counter()
     path = Path(output).resolve()
+    job = _job_to_run(job, path, resume)
+    train_data, val_data = read_dataset_shards(job.data.train), read_dataset_shards(job.data.val)
+    features = _feature_spec(job)
+    vocab_json = Vocab.load(f"{job.data.train.rstrip('/')}/vocab.json").to_json()
+    ray_address = address or job.cluster.address or os.environ.get("RAY_ADDRESS")
+    we_started_ray = _connect_ray(job, train_data, val_data, ray_address)
+    try:
+        tracking.use_short_http_retries()
+        run_tags = _run_tags(job, train_data, val_data, features) | (tags or {})
+        folder, client = _open_run(job, path, resume, run_tags)
+        sink = remote_sink(folder.tracking_uri, folder.run_id, folder.spool, tracking.HTTP_ENV)
+        plan = build_plan(job, str(path), train_data, val_data, vocab_json, features, folder.run_id, sink)
+        result = _fit(_trainer(job, folder, plan, callbacks), folder, client, sink)
+        return _finish(client, folder, result, started)
+    finally:
+        if we_started_ray:
+            ray.shutdown()
+
+
+def _job_to_run(job: JobConfig | None, path: Path, resume: bool) -> JobConfig:
+    """The given config for a new run folder; for `--resume`, the saved one with the resumable changes."""
     if resume:
-        folder = RunFolder.read(path)
-        folder.job = resumed_config(folder.job, job)
+        job = resumed_config(RunFolder.read(path).job, job)
     elif (path / RUN_FILE).exists():
         raise ValueError(
             f"{path} already holds a training run; pass --resume to continue it or choose another --output"
         )
     elif job is None:
         raise ValueError("a config is needed to start a new run")
-    job = folder.job if resume else job
     if not job.data.train or not job.data.val:
         raise ValueError("data.train and data.val must name prepared datasets (see `mktn prepare`)")
-    train_data, val_data = read_dataset_shards(job.data.train), read_dataset_shards(job.data.val)
-    features = _feature_spec(job)
-    vocab_json = Vocab.load(f"{job.data.train.rstrip('/')}/vocab.json").to_json()
-    we_started_ray = _connect_ray(
-        job, train_data, val_data, address or job.cluster.address or os.environ.get("RAY_ADDRESS")
-    )
+    return job
+
+
+def _open_run(
+    job: JobConfig, path: Path, resume: bool, tags: dict[str, str]
+) -> tuple[RunFolder, MlflowClient]:
+    """A new MLflow run (params, tags) recorded in a new `run.json`, or the resumed run reopened."""
+    patience = job.mlflow.patience_s
+    if resume:
+        folder = RunFolder.read(path)
+        folder.job = job
+        client = MlflowClient(folder.tracking_uri)
+        tracking.retrying(client.update_run, folder.run_id, status="RUNNING", what="reopening the run",
+                          patience_s=patience)  # fmt: skip
+    else:
+        uri = tracking.tracking_uri(job, str(path))
+        client = MlflowClient(uri)
+        folder = RunFolder(path, job, uri, tracking.open_run(client, job, str(path), tags, patience))
+    folder.status = "running"
+    folder.write()
+    return folder, client
+
+
+def _fit(trainer: TorchTrainer, folder: RunFolder, client: MlflowClient, sink: Any) -> Any:
+    """`trainer.fit()`, then every metric into MLflow; a failed run is closed as FAILED (and stays resumable)."""
+    patience = folder.job.mlflow.patience_s
     try:
-        tracking.use_short_http_retries()
-        patience = job.mlflow.patience_s
-        if resume:
-            client = MlflowClient(folder.tracking_uri)
-            tracking.retrying(client.update_run, folder.run_id, status="RUNNING", what="reopening the run",
-                              patience_s=patience)  # fmt: skip
-        else:
-            uri = tracking.tracking_uri(job, str(path))
-            client = MlflowClient(uri)
-            tags = _run_tags(job, train_data, val_data, features) | (tags or {})
-            folder = RunFolder(path, job, uri, tracking.open_run(client, job, str(path), tags, patience))
-        folder.status = "running"
+        result = trainer.fit()
+    except Exception:
+        ray.get(sink.drain.remote(patience))
+        tracking.retrying(
+            client.set_terminated, folder.run_id, "FAILED", what="closing the run", patience_s=patience
+        )
+        folder.status = "failed"
         folder.write()
-        sink = remote_sink(folder.tracking_uri, folder.run_id, folder.spool, tracking.HTTP_ENV)
-        plan = build_plan(job, str(path), train_data, val_data, vocab_json, features, folder.run_id, sink)
-        try:
-            result = _trainer(job, folder, plan, callbacks).fit()
-        except Exception:
-            ray.get(sink.drain.remote(patience))
-            tracking.retrying(
-                client.set_terminated, folder.run_id, "FAILED", what="closing the run", patience_s=patience
-            )
-            folder.status = "failed"
-            folder.write()
-            raise
-        if ray.get(sink.drain.remote(patience)):
-            raise tracking.TrackingUnavailable(
-                f"MLflow at {folder.tracking_uri} did not take every metric within mlflow.patience_s={patience:g}; "
-                f"they are kept in {folder.spool}: run `mktn train --output {path} --resume` to send them"
-            )
-        outcome = _finish(client, folder, result, started)
-    finally:
-        if we_started_ray:
-            ray.shutdown()
-    return outcome
+        raise
+    if ray.get(sink.drain.remote(patience)):
+        raise tracking.TrackingUnavailable(
+            f"MLflow at {folder.tracking_uri} did not take every metric within mlflow.patience_s={patience:g}; "
+            f"they are kept in {folder.spool}: run `mktn train --output {folder.path} --resume` to send them"
+        )
+    return result
 
 
 def _connect_ray(job: JobConfig, train: DatasetShards, val: DatasetShards, address: str | None) -> bool:

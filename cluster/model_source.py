@@ -66,7 +66,9 @@ def _from_mlflow(uri: str) -> ModelSource:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="mktn-model-"),
                                                 tracking_uri=tracking_uri)  # fmt: skip
-    if Path(local, "MLmodel").exists():  # registered by `mktn register`: its folder is read, none of its code run
+    if Path(
+        local, "MLmodel"
+    ).exists():  # registered by `mktn register`: its folder is read, none of its code run
         from cluster.pyfunc_model import read_logged_model
 
         return read_logged_model(local, tracking_uri)

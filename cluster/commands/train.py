@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cluster.commands.register import register_trained
-from cluster.config import load_config
+from cluster.config import JobConfig, load_config, override_config
 from cluster.launcher import TrainOutcome, train
+from cluster.run_folder import RUN_FILE, RunFolder
 from cluster.summary import metrics_table, mlflow_ui_line
 
 EPILOG = """examples:
   mktn train configs/synthetic.yaml data.train=runs/data/train data.val=runs/data/val \\
       cluster.num_workers=2 deepspeed.zero_stage=2 --output runs/train
   mktn train --output runs/train --resume          # continue after a crash, same MLflow run
+  mktn train --output runs/train --resume train.epochs=20   # ... and train longer
   mktn train configs/synthetic.yaml ... --address 10.0.0.1:6379   # join a running Ray cluster
 
 The run folder (--output) holds run.json, the MLflow store (mlflow.db + mlartifacts/, unless
@@ -50,13 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `mktn train`."""
-    if args.config is None and not args.resume:
-        raise ValueError("CONFIG is required unless --resume continues the run in --output")
-    job = load_config(args.config, args.overrides) if args.config else None
-    outcome = train(job, args.output, address=args.address, resume=args.resume)
+    outcome = train(job_config(args), args.output, address=args.address, resume=args.resume)
     print_outcome(outcome)
     register_trained(outcome.folder, args.register)
     return 0
+
+
+def job_config(args: argparse.Namespace) -> JobConfig | None:
+    """CONFIG + overrides; with `--resume` and no CONFIG, the overrides apply to the run's saved config."""
+    config, overrides = args.config, args.overrides
+    if config is not None and "=" in config:  # `--resume KEY=VALUE ...`: the first override, not a file
+        config, overrides = None, [config, *overrides]
+    if config is not None:
+        return load_config(config, overrides)
+    if not args.resume:
+        raise ValueError("CONFIG is required unless --resume continues the run in --output")
+    if not overrides:
+        return None
+    output = Path(args.output)
+    return override_config(RunFolder.read(output).job, overrides, str(output / RUN_FILE))
 
 
 def print_outcome(outcome: TrainOutcome) -> None:
