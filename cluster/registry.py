@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,9 +75,7 @@ def register(source: str, name: str | None = None, alias: str | None = "champion
     client = MlflowClient(uri, registry_uri=uri)
     tags = version_tags(client, found, source)
     name = name or f"mktn-{tags.get('dataset', 'model')}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with tempfile.TemporaryDirectory(prefix="mktn-register-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mktn-register-") as tmp, using_tracking_uri(uri):
         folder = str(Path(tmp) / "model")
         save_model(found.model, folder)
         version = _log_and_register(client, folder, found, name, source)
@@ -86,6 +86,18 @@ def register(source: str, name: str | None = None, alias: str | None = "champion
         tracking.retrying(client.set_registered_model_alias, name, alias, version, what=f"setting alias {alias}",
                           patience_s=PATIENCE_S)  # fmt: skip
     return Registered(name, version, alias, found.run_id, uri, tags)
+
+
+@contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (and its registry, which follows the tracking store) at `uri` for the block,
+    then restore it: `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to every later subprocess."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ per-row errors in its output table, the alias moving, and `mktn predict models:/
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cluster.cli import main
-from cluster.registry import register
+from cluster.registry import register, using_tracking_uri
 from data_pipeline.text import Vocab
 from mktn.config import ModelConfig
 from mktn.export import save_model
@@ -55,8 +56,8 @@ def test_the_alias_moves_to_each_new_version(registered: dict) -> None:
 
 
 def test_the_model_is_logged_from_code_with_nothing_pickled(registered: dict) -> None:
-    mlflow.set_tracking_uri(registered["uri"])
-    local = Path(mlflow.artifacts.download_artifacts("models:/mktn-test@champion"))
+    with using_tracking_uri(registered["uri"]):
+        local = Path(mlflow.artifacts.download_artifacts("models:/mktn-test@champion"))
     files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin"))], files
     assert any(f.endswith(".safetensors") for f in files)
@@ -65,9 +66,8 @@ def test_the_model_is_logged_from_code_with_nothing_pickled(registered: dict) ->
 
 
 def test_loaded_by_alias_it_predicts_a_table_with_per_row_errors(registered: dict) -> None:
-    mlflow.set_tracking_uri(registered["uri"])
-    mlflow.set_registry_uri(registered["uri"])
-    model = mlflow.pyfunc.load_model("models:/mktn-test@champion")
+    with using_tracking_uri(registered["uri"]):
+        model = mlflow.pyfunc.load_model("models:/mktn-test@champion")
     rows, feats = registered["rows"], registered["root"] / "features"
     table = pd.DataFrame(
         [{**r, "features": str(feats / f"{r['video_id']}.npy")} for r in rows[:3]]  # one video, three queries
@@ -103,12 +103,16 @@ def test_registering_without_a_registry_says_where_to_register(registered: dict,
 
 
 def test_predict_cli_loads_the_registered_model_by_alias(registered: dict, tmp_path: Path, capsys) -> None:
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(r) + "\n" for r in registered["rows"][:5]))
     out = tmp_path / "preds.jsonl"
     code = main(["predict", "models:/mktn-test@champion", "--tracking-uri", registered["uri"], "--features",
                  str(registered["root"] / "features"), "--queries", str(queries), "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+    assert (
+        os.environ.get("MLFLOW_TRACKING_URI") == before
+    )  # --tracking-uri does not leak into later subprocesses
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query_id"] for r in records] == [r["query_id"] for r in registered["rows"][:5]]
     assert all(len(r["moments"]) == 5 for r in records)

@@ -66,7 +66,8 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = tiny_dataset(root / "data")
     (root / "search.yaml").write_text(SEARCH)
     output = root / "search"
-    run(tune_args(output, data, root / "search.yaml", "--register", NAME), root / "tune.log", timeout=900)
+    run(tune_args(output, data, root / "search.yaml", "--register", NAME), root / "tune.log", timeout=900,
+        MLFLOW_TRACKING_URI="")  # the embedded store under --output  # fmt: skip
     uri = f"sqlite:///{output / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     parent = client.search_runs(client.get_experiment_by_name("mktn").experiment_id,
@@ -201,7 +202,8 @@ def test_an_interrupted_search_resumes_with_tuner_restore(tmp_path: Path) -> Non
     data = tiny_dataset(tmp_path / "data")
     (tmp_path / "search.yaml").write_text(SEARCH.replace("num_samples: 2", "num_samples: 3"))
     output, log = tmp_path / "search", tmp_path / "tune.log"
-    job = start(tune_args(output, data, tmp_path / "search.yaml", overrides=("train.epochs=3",)), log)
+    job = start(tune_args(output, data, tmp_path / "search.yaml", overrides=("train.epochs=3",)), log,
+                MLFLOW_TRACKING_URI="")  # fmt: skip
     ray_state = output / "ray" / "search"
     wait_for(lambda: any((output / "trials").glob("*/ray/train/checkpoint_epoch0001")), "a trial checkpoint",
              timeout=600, process=job)  # fmt: skip
@@ -210,7 +212,8 @@ def test_an_interrupted_search_resumes_with_tuner_restore(tmp_path: Path) -> Non
     wait_for(lambda: not _group_alive(job.pid), "the search's processes to exit", timeout=120)
     before = json.loads((output / "search.json").read_text())
     assert before["status"] == "running" and ray_state.is_dir()
-    run([sys.executable, "-m", "cluster.cli", "tune", "--output", str(output), "--resume"], log, timeout=900)
+    run([sys.executable, "-m", "cluster.cli", "tune", "--output", str(output), "--resume"], log, timeout=900,
+        MLFLOW_TRACKING_URI="")  # fmt: skip
     after = json.loads((output / "search.json").read_text())
     assert after["status"] == "finished" and after["parent_run_id"] == before["parent_run_id"]
     client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")

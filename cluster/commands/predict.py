@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import defaultdict
@@ -57,9 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import mlflow
-
     from cluster.pyfunc_model import load_predictor
+    from cluster.registry import using_tracking_uri
 
     for name in ("top_k", "batch_queries", "batch_videos", "max_clips_per_video", "max_queries_per_video"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -69,10 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     queries, errors = read_queries(args.queries, limits)
     store = open_features(args.features, args.hdf5_key)
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
-        mlflow.set_registry_uri(args.tracking_uri)
-    predictor = load_predictor(args.model, limits)
+    with using_tracking_uri(args.tracking_uri) if args.tracking_uri else contextlib.nullcontext():
+        predictor = load_predictor(args.model, limits)
     predictor.budget = Budget(args.batch_queries or predictor.budget.max_queries,
                               args.batch_videos or predictor.budget.max_videos)  # fmt: skip
     result = predictor.predict(queries, store.load, args.top_k, errors)
