@@ -1,7 +1,8 @@
 """A real tiny search: `mktn tune` runs 2 trials (each a 1-worker Ray Train + DeepSpeed job) under ASHA, tracks
 them as MLflow children of one parent run, registers the best with the alias `champion`; the registered model,
 loaded by alias in a fresh process, reproduces its run's validation metrics exactly, and `mlflow models serve`
-answers a request. The interrupted-and-resumed search is slow-marked."""
+answers a request. Registering a checkpoint under a second alias and the interrupted-and-resumed search are
+slow-marked."""
 
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def test_the_best_trial_is_registered_with_its_alias_and_tags(search: dict) -> N
     assert f"registered {NAME} version {version.version} (alias champion)" in search["log"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_registers_as_a_new_version_under_another_alias(search: dict) -> None:
     client, parent = search["client"], search["parent"]
     trial = search["output"] / "trials" / parent.data.tags["best_trial_id"]
