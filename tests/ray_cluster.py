@@ -115,7 +115,9 @@ class LocalRayCluster:
 
     def _start(self, name: str, args: list[str], num_cpus: int) -> None:
         log = open(self.root / f"ray-{name}.log", "ab")  # noqa: SIM115 - the node's process owns it
-        env = {**self.env, _MARKER: f"{self.cluster_id}:{name}"}
+        # RAY_ADDRESS: Ray's own helpers that call a bare `ray.init()` (Train's PlacementGroupCleaner) must find
+        # this cluster, not another Ray running on the same machine.
+        env = {**self.env, _MARKER: f"{self.cluster_id}:{name}", "RAY_ADDRESS": self.address}
         self.nodes[name] = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("ray")),

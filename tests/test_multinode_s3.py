@@ -45,7 +45,6 @@ TRAIN_OVERRIDES = [
     "cluster.num_workers=2",
     "cluster.cpus_per_worker=1",
     "cluster.max_failures=3",
-    f"train.epochs={EPOCHS}",
     "train.log_every_steps=1",
     "model.d_model=32",
     "model.num_heads=2",
@@ -95,11 +94,11 @@ class Scenario:
         self.cluster.add_node("node2")
         self.timings.append(("ray start --head + ray start --address (2 nodes)", time.monotonic() - started))
 
-    def submit(self, run_name: str, *extra: str) -> str:
+    def submit(self, run_name: str, epochs: int, *extra: str) -> str:
         """`ray job submit --no-wait --working-dir . -- mktn train ...`; returns the job id."""
         entrypoint = [
             "mktn", "train", "configs/synthetic.yaml", f"data.train={self.data}/train", f"data.val={self.data}/val",
-            *TRAIN_OVERRIDES, f"cluster.storage_path={self.bucket}/runs/{run_name}/ray",
+            *TRAIN_OVERRIDES, f"train.epochs={epochs}", f"cluster.storage_path={self.bucket}/runs/{run_name}/ray",
             "--output", str(self.tmp / run_name), *extra,
         ]  # fmt: skip
         out = self.ray_job("submit", "--no-wait", "--working-dir", ".", "--", *entrypoint)
@@ -202,7 +201,7 @@ def _checkpoint_reads_after(log: Path, since: float, run_name: str) -> list[str]
 def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
     s, run = scenario, "r1"
     submitted = time.monotonic()
-    job = s.submit(run)
+    job = s.submit(run, EPOCHS)
     first = s.wait_checkpoint(job, run)
     killed_at = time.time()
     raylet = s.cluster.kill_raylet("node2")
@@ -236,19 +235,23 @@ def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
 
 
 def test_ray_job_stop_leaves_a_resumable_checkpoint(scenario):
-    s, run = scenario, "r2"
-    job = s.submit(run)
-    first = s.wait_checkpoint(job, run)
+    s, run, epochs = scenario, "r2", 2 * EPOCHS  # long enough that the stop lands mid-run
+    job = s.submit(run, epochs)
+    s.wait_checkpoint(job, run)
     s.ray_job("stop", job)
     assert s.wait_status(job, {"STOPPED"}) == "STOPPED"
-    logs = s.ray_job("logs", job).stdout
-    assert re.search(r"epoch|step", logs), "the job's logs show no training progress"
-    committed = s.registered_checkpoints(run)
-    assert first[0] in committed
+    assert re.search(rf"epoch 1/{epochs} \(step \d+\): loss", s.ray_job("logs", job).stdout), (
+        "no progress in the logs"
+    )
+    last = s.registered_checkpoints(run)[-1]
+    done = int(last.removeprefix("checkpoint_epoch"))
+    assert 1 <= done < epochs, f"the stop did not land mid-run ({last} of {epochs} epochs)"
 
-    resumed = s.submit(run, "--resume")
+    resumed = s.submit(run, epochs, "--resume")
     assert s.wait_status(resumed, {"SUCCEEDED"}) == "SUCCEEDED"
+    first_epoch = re.search(rf"epoch (\d+)/{epochs} \(step", s.ray_job("logs", resumed).stdout).group(1)
+    assert int(first_epoch) == done + 1, f"resumed at epoch {first_epoch}, the bucket held {last}"
     keys = s.keys(f"runs/{run}/ray/train/")
-    assert f"runs/{run}/ray/train/checkpoint_epoch{EPOCHS:04d}/mktn_state.json" in keys
+    assert f"runs/{run}/ray/train/checkpoint_epoch{epochs:04d}/mktn_state.json" in keys
     state = json.loads((s.tmp / run / "run.json").read_text())
     assert state["status"] == "finished"
