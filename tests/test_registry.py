@@ -116,3 +116,17 @@ def test_predict_cli_loads_the_registered_model_by_alias(registered: dict, tmp_p
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query_id"] for r in records] == [r["query_id"] for r in registered["rows"][:5]]
     assert all(len(r["moments"]) == 5 for r in records)
+
+
+@pytest.mark.slow
+def test_train_register_flag_registers_the_run(tmp_path: Path) -> None:
+    from tests.train_jobs import run, tiny_dataset, train_args
+
+    data = tiny_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = train_args(out, data, "cluster.num_workers=1", "train.epochs=1")
+    run([*args, "--register", "mktn-train-flag"], tmp_path / "train.log", MLFLOW_TRACKING_URI="")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    version = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("mktn-train-flag", "champion")
+    assert version.run_id == json.loads((out / "run.json").read_text())["run_id"]
+    assert "registered mktn-train-flag version 1 (alias champion)" in (tmp_path / "train.log").read_text()
