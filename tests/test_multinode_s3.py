@@ -27,9 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import boto3
+import fsspec
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from data_pipeline.synthetic import generate
 from tests.ray_cluster import LocalRayCluster, cluster_env
 
 pytestmark = pytest.mark.slow
@@ -37,7 +40,7 @@ pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-EPOCHS = 4
+EPOCHS = 8  # several checkpoints: a kill or stop after the first one lands mid-run
 # Job log lines worth printing: progress, failures, restarts, checkpoints, results.
 NOTABLE = re.compile(r"epoch|restor|restart|fail|error|died|dead|checkpoint|validation|R@1|throughput", re.I)
 # A tiny job: 2 workers (one per node), 1 CPU each, a small model; per epoch ~3 steps per worker.
@@ -216,9 +219,12 @@ def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
         (f"job {job}: submit -> SUCCEEDED (through the node loss)", time.monotonic() - submitted)
     )
 
-    # The restarted workers read the committed checkpoint back from the bucket.
-    reads = _checkpoint_reads_after(s3_server.log, killed_at, run)
-    assert any(first[-1] in key for key in reads), f"no read of {first[-1]} after the kill: {reads[:10]}"
+    # The restarted workers read the newest committed checkpoint back from the bucket and go on after it
+    # (the driver reads the final one at the end, to export the model).
+    reads = " ".join(_checkpoint_reads_after(s3_server.log, killed_at, run))
+    (restored,) = {int(e) for e in re.findall(r"checkpoint_epoch(\d{4})/", reads)} - {EPOCHS}
+    assert restored >= int(first[-1].removeprefix("checkpoint_epoch"))
+    assert _resumed_epoch(logs) == restored + 1, f"restarted workers did not continue after epoch {restored}"
     keys = s.keys()
     assert sum(k.startswith("data/train/shards/shard-") for k in keys) >= 2
     final = f"runs/{run}/ray/train/checkpoint_epoch{EPOCHS:04d}/mktn_state.json"
@@ -232,10 +238,40 @@ def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
     run_id = json.loads((s.tmp / run / "run.json").read_text())["run_id"]
     out = s.run([str(BIN / "mktn"), "eval", f"runs:/{run_id}/model", "--data", f"{s.data}/val"])
     assert "mIoU" in out.stdout and "queries/s" in out.stdout
+    _predict_from_the_object_store(s, run_id)
+
+
+def _resumed_epoch(logs: str) -> int:
+    """The first epoch a new rank-0 worker process reported: where the restarted worker group began."""
+    lines = re.findall(
+        rf"RayTrainWorker pid=(\d+)\S* epoch (\d+)/{EPOCHS} \(step", re.sub(r"\x1b\[[0-9;]*m", "", logs)
+    )
+    first_pid = lines[0][0]
+    return next(int(epoch) for pid, epoch in lines if pid != first_pid)
+
+
+def _predict_from_the_object_store(s: Scenario, run_id: str) -> None:
+    """`mktn predict` with features, queries and predictions all in the bucket."""
+    groups = generate(2, seed=7, feature_dim=64, num_patches=4)
+    lines = []
+    for g in groups:
+        with fsspec.open(f"{s.bucket}/predict/features/{g.video_id}.npy", "wb") as f:
+            np.save(f, g.features)
+        lines += [
+            json.dumps({"video_id": g.video_id, "sentence": q.sentence, "duration": g.duration})
+            for q in g.queries
+        ]
+    with fsspec.open(f"{s.bucket}/predict/queries.jsonl", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    s.run([str(BIN / "mktn"), "predict", f"runs:/{run_id}/model", "--features", f"{s.bucket}/predict/features",
+           "--queries", f"{s.bucket}/predict/queries.jsonl", "--out", f"{s.bucket}/predict/predictions.jsonl"])  # fmt: skip
+    with fsspec.open(f"{s.bucket}/predict/predictions.jsonl", "r") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == len(lines) and all(len(r["moments"]) == 5 for r in records)
 
 
 def test_ray_job_stop_leaves_a_resumable_checkpoint(scenario):
-    s, run, epochs = scenario, "r2", 2 * EPOCHS  # long enough that the stop lands mid-run
+    s, run, epochs = scenario, "r2", EPOCHS
     job = s.submit(run, epochs)
     s.wait_checkpoint(job, run)
     s.ray_job("stop", job)
