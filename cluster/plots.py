@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless back
 
 CURVE_PANELS = {
     "loss terms": ("train/loss", "train/L_CL", "train/L_1", "train/L_2", "train/L_3"),
-    "learning rate and phi": ("train/lr", "train/phi"),
+    "learning rate": ("train/lr",),
+    "AVM threshold phi": ("train/phi",),
     "validation (%)": ("val/R1@0.5", "val/R1@0.7", "val/R5@0.5", "val/mIoU"),
 }
 
@@ -24,7 +25,7 @@ def training_curves(records: list[dict[str, Any]], path: str) -> str:
     for record in records:
         for key, value in record["values"].items():
             series[key].append((record["step"], value))
-    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.6))
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.5 * len(CURVE_PANELS), 3.6))
     for ax, (title, keys) in zip(axes, CURVE_PANELS.items()):
         for key in keys:
             if series.get(key):
