@@ -36,7 +36,7 @@ from cluster.export import export_checkpoint
 from cluster.metric_sink import read_spool, remote_sink
 from cluster.plan import build_plan
 from cluster.run_folder import RUN_FILE, RunFolder, resumed_config
-from cluster.storage import pyarrow_filesystem
+from cluster.storage import is_local, pyarrow_filesystem
 from cluster.worker import train_worker
 from data_pipeline.shards import read_dataset_info
 from data_pipeline.text import Vocab
@@ -67,6 +67,11 @@ def train(
     `callbacks` go to the trainer's `RunConfig` and `tags` onto a new MLflow run (`mktn tune` passes
     `TuneReportCallback` and `mlflow.parentRunId`)."""
     started = time.perf_counter()
+    if not is_local(output):  # Path() would turn s3://b/run into a local folder named s3:/b/run
+        raise ValueError(
+            f"--output {output}: the run folder is a path on the driver's node; put checkpoints on shared storage "
+            "with cluster.storage_path=s3://... and MLflow artifacts in the experiment's artifact location"
+        )
     path = Path(output).resolve()
     job = _job_to_run(job, path, resume)
     train_data, val_data = read_dataset_shards(job.data.train), read_dataset_shards(job.data.val)

@@ -72,5 +72,7 @@ def _from_mlflow(uri: str) -> ModelSource:
         from cluster.pyfunc_model import read_logged_model
 
         return read_logged_model(local, tracking_uri)
+    if Path(local, checkpoint.STATE_FILE).exists():  # a training checkpoint on an object store (s3://.../checkpoint_*)
+        return open_model(local)
     run_id = uri.split("/")[1] if uri.startswith("runs:/") else None
     return ModelSource(load_model(local), tracking_uri, run_id)

@@ -17,13 +17,13 @@ This module turns a URL into a filesystem for code that needs one (listing, atom
 from __future__ import annotations
 
 import os
-import posixpath
 import tempfile
 from typing import Any
 
 import fsspec
 import pyarrow.fs
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import get_protocol
 
 
 def filesystem_for(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -40,14 +40,8 @@ def filesystem_for(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFil
 
 def is_local(url: str) -> bool:
     """True when `url` is a path on this node's own disk (a plain path or `file://`), visible to no other node
-    unless it is a shared mount."""
-    fs, _ = filesystem_for(url)
-    return isinstance(fs, LocalFileSystem)
-
-
-def join(url: str, *parts: str) -> str:
-    """`url` with `parts` appended by `/`, keeping the protocol (`join("s3://b/run", "ckpt")` -> "s3://b/run/ckpt")."""
-    return posixpath.join(url.rstrip("/"), *parts) if "://" in url else os.path.join(url, *parts)
+    unless it is a shared mount. Decided from the protocol alone: no filesystem is built, nothing is contacted."""
+    return get_protocol(url) in ("file", "local")
 
 
 def pyarrow_filesystem(url: str, **storage_options: Any) -> tuple[pyarrow.fs.FileSystem, str]:

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import fsspec
@@ -14,7 +15,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from s3fs import S3FileSystem
 
-from cluster.storage import filesystem_for, is_local, join, pyarrow_filesystem, write_bytes_atomic
+from cluster.storage import filesystem_for, is_local, pyarrow_filesystem, write_bytes_atomic
 
 pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
 
@@ -46,16 +47,12 @@ def test_filesystem_for_explicit_options_override_environment(s3_bucket, monkeyp
 def test_filesystem_for_local_and_unknown_protocol(tmp_path):
     fs, path = filesystem_for(str(tmp_path / "a"))
     assert isinstance(fs, LocalFileSystem) and path == str(tmp_path / "a")
-    assert is_local(str(tmp_path)) and is_local(f"file://{tmp_path}")
-    assert not is_local("s3://bucket/x")
+    assert is_local(str(tmp_path)) and is_local(f"file://{tmp_path}") and is_local("runs/train")
+    assert not any(
+        is_local(u) for u in ("s3://bucket/x", "gs://bucket/x", "memory://x", "simplecache::s3://b/x")
+    )
     with pytest.raises(ValueError, match="nosuchproto"):
         filesystem_for("nosuchproto://bucket/x")
-
-
-def test_join_keeps_protocol(tmp_path):
-    assert join("s3://b/run/", "ray", "ckpt") == "s3://b/run/ray/ckpt"
-    assert join("memory://x", "y") == "memory://x/y"
-    assert join(str(tmp_path), "ray") == str(tmp_path / "ray")
 
 
 def test_pyarrow_filesystem_s3_round_trip_and_pickles_to_another_process(s3_bucket):
@@ -107,3 +104,13 @@ def test_write_bytes_atomic_failure_keeps_old_file(tmp_path):
 def test_write_bytes_atomic_s3(s3_bucket):
     write_bytes_atomic(f"{s3_bucket}/run/latest.json", b"{}")
     assert _object(s3_bucket, "run/latest.json") == b"{}"
+
+
+def test_train_refuses_an_object_store_run_folder(capsys):
+    from cluster.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
+    assert main(["train", config, "--output", "s3://bucket/runs/r1"]) == 2
+    err = capsys.readouterr().err
+    assert "--output s3://bucket/runs/r1" in err and "cluster.storage_path=s3://" in err
+    assert not Path("s3:").exists()
