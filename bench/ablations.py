@@ -1,10 +1,11 @@
 """Ablations on the synthetic set (paper Table 3 style): the full model, each cross-pair module off, single-pair.
 
-Every variant trains from the same initial seed on the same data, the `mktn prepare synthetic` defaults
-(300 Charades-like training videos from seed 0, 100 held-out videos from seed 1, 64-d features with 4
-patch tokens), with the model, learning rate, clipping and batch budgets of `configs/synthetic.yaml`,
-for `EPOCHS` epochs of plain torch AdamW (`mktn.fit`, one process, no DeepSpeed). The learning test
-(`tests/test_model_learning.py`) runs the "full" row of this table.
+Every variant trains from the same initial seed on the same data: `TRAIN_VIDEOS` Charades-like synthetic
+videos from seed 0 and `VAL_VIDEOS` held-out ones from seed 1 (the generator's defaults, as `mktn prepare
+synthetic` writes them: 64-d features with 4 patch tokens), with the model, learning rate, warm-up,
+clipping and batch budgets of `configs/synthetic.yaml`, for `EPOCHS` epochs of plain torch AdamW
+(`mktn.fit`, one process, no DeepSpeed). The learning test (`tests/test_model_learning.py`) runs the
+"full" row of this table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from bench.common import Report, Table, parser, publish
+from bench.common import Report, Table, parse, parser, publish
 from cluster.config import JobConfig, load_config
 from data_pipeline.synthetic import generate
 from data_pipeline.types import VideoGroup
@@ -27,8 +28,8 @@ from mktn.model import build_model
 
 NAME = "ablations"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
-EPOCHS, QUICK_EPOCHS = 12, 4
-TRAIN_VIDEOS, QUICK_TRAIN_VIDEOS, VAL_VIDEOS = 300, 120, 100
+EPOCHS, QUICK_EPOCHS = 16, 4
+TRAIN_VIDEOS, QUICK_TRAIN_VIDEOS, VAL_VIDEOS = 400, 120, 200
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "w/o CSM": {"csm": {"enabled": False}},
@@ -41,7 +42,7 @@ METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "R5@0.5", "mIoU")
 
 
 def synthetic_data(train_videos: int = TRAIN_VIDEOS) -> tuple[list[VideoGroup], list[VideoGroup]]:
-    """The training and held-out groups (the defaults of `mktn prepare synthetic`)."""
+    """The training and held-out groups (the generator's defaults, as `mktn prepare synthetic` uses them)."""
     return generate(train_videos, seed=0), generate(VAL_VIDEOS, seed=1, split="val")
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", choices=("span", "proposal_map", "both"), default="span",
                    help="grounding backbone(s) to ablate (default span)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     job = load_config(str(CONFIG))
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     data = synthetic_data(QUICK_TRAIN_VIDEOS if args.quick else TRAIN_VIDEOS)

@@ -53,6 +53,13 @@ def window_tokens(clips: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Ten
     return tokens, token_mask
 
 
+def clip_units(tokens: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """The units a clip's prototypes aggregate: its C+1 tokens, or (C = 0) a temporal window of clips."""
+    if tokens.shape[2] > 1:
+        return tokens, mask[..., None].expand(tokens.shape[:-1])
+    return window_tokens(tokens[:, :, 0], mask, window)
+
+
 class OPM(nn.Module):
     """Appearance prototypes per clip, phrase prototypes per query, and the matrix S_op."""
 
@@ -93,10 +100,3 @@ class OPM(nn.Module):
         best = mask_logits(sim, allowed).amax(dim=(2, 4))  # max over clips i and phrases j: (B_v, B_q, N_a)
         slots = appearance_mask.any(dim=1)  # (B_v, N_a): prototype slots present in the video
         return (best * slots[:, None]).sum(-1) / slots.sum(-1, keepdim=True).clamp_min(1)
-
-
-def clip_units(tokens: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """The units a clip's prototypes aggregate: its C+1 tokens, or (C = 0) a temporal window of clips."""
-    if tokens.shape[2] > 1:
-        return tokens, mask[..., None].expand(tokens.shape[:-1])
-    return window_tokens(tokens[:, :, 0], mask, window)

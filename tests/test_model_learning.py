@@ -7,11 +7,25 @@ whole table (each cross-pair module off, the single-pair baseline).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+
+import pytest
+import torch
 
 from bench.ablations import CONFIG, EPOCHS, learning_run, synthetic_data
 from cluster.config import load_config
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """This small model trains fastest single-threaded (and does not fight the other tests' threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_full_model_reaches_80_percent_r1_at_05() -> None:
     job = load_config(str(CONFIG))
     assert job.model.mode == "multi_pair" and job.model.csm.enabled and job.model.avm.enabled

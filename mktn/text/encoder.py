@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mktn.config import TextConfig
@@ -78,7 +79,7 @@ class TextEncoder(nn.Module):
         if word_ids.shape[0] != len(sentences):
             raise ValueError(f"{word_ids.shape[0]} word-id rows but {len(sentences)} sentences")
         embedded = self.embed(word_ids)
-        positions = sinusoidal(word_ids.new_tensor(range(word_ids.shape[1])), self.project[1].out_features)
-        x = self.project(embedded) + positions.to(embedded.dtype)
+        x = self.project(embedded)
+        x = x + sinusoidal(torch.arange(word_ids.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
         words = self.attention(x, src_key_padding_mask=~word_mask) * word_mask.unsqueeze(-1).to(x.dtype)
         return TextEncoding(words, word_mask, self.sentence_encoder(embedded, word_mask, sentences))
