@@ -234,10 +234,28 @@ def test_node_loss_resumes_from_the_object_store(scenario, s3_server):
     )
     assert "validation after" in logs and "R1@0.5" in logs
 
-    # Evaluate from the object store: the model MLflow logged (artifacts in the bucket) on the val shards there.
     run_id = json.loads((s.tmp / run / "run.json").read_text())["run_id"]
-    out = s.run([str(BIN / "mktn"), "eval", f"runs:/{run_id}/model", "--data", f"{s.data}/val"])
-    assert "mIoU" in out.stdout and "queries/s" in out.stdout
+    # Evaluate from the object store twice, reports written there too: the model MLflow logged (artifacts in the
+    # bucket) and the final training checkpoint Ray Train left in the bucket must score the same.
+    final_checkpoint = f"{s.bucket}/runs/{run}/ray/train/checkpoint_epoch{EPOCHS:04d}"
+    for name, model in (("model", f"runs:/{run_id}/model"), ("checkpoint", final_checkpoint)):
+        out = s.run(
+            [
+                str(BIN / "mktn"),
+                "eval",
+                model,
+                "--data",
+                f"{s.data}/val",
+                "--json",
+                f"{s.bucket}/eval/{name}.json",
+            ]
+        )
+        assert "mIoU" in out.stdout and "queries/s" in out.stdout
+    scores = {}
+    for name in ("model", "checkpoint"):
+        with fsspec.open(f"{s.bucket}/eval/{name}.json") as f:
+            scores[name] = {k: v for k, v in json.load(f).items() if not k.startswith("inference_")}
+    assert scores["model"]["mIoU"] > 0 and scores["model"] == pytest.approx(scores["checkpoint"])
     _predict_from_the_object_store(s, run_id)
 
 
