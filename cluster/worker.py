@@ -72,7 +72,7 @@ def train_worker(config: dict[str, Any]) -> None:
             print(f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
                   f"R1@0.5 {metrics['R1@0.5']:.1f} R5@0.5 {metrics['R5@0.5']:.1f} mIoU {metrics['mIoU']:.1f}; "
                   f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
-        _report(engine, plan, state, rank, vocab, predictions)
+        _report(engine, plan, state, rank, predictions)
 
 
 def _restore(engine: Any, plan: TrainPlan, world: int) -> checkpoint.TrainState:
@@ -137,7 +137,6 @@ def _report(
     plan: TrainPlan,
     state: checkpoint.TrainState,
     rank: int,
-    vocab: Vocab,
     predictions: list[dict],
 ) -> None:
     """`ray.train.report` the epoch (a barrier on every rank), with a checkpoint when one is due."""

@@ -24,7 +24,7 @@ from cluster.cli import main
 from data_pipeline.shards import read_manifest
 from tests.train_jobs import MlflowRun, audit, checkpoints, run, start, tiny_dataset, train_args, wait_for
 
-REFERENCE = ["cluster.num_workers=2", "deepspeed.zero_stage=1", "train.epochs=4", "train.keep_best=1"]
+REFERENCE = ["cluster.num_workers=2", "deepspeed.zero_stage=1", "train.epochs=3", "train.keep_best=1"]
 METRICS = ("R1_IoU0.3", "R1_IoU0.5", "R1_IoU0.7", "R5_IoU0.3", "R5_IoU0.5", "R5_IoU0.7", "mIoU")
 
 
@@ -66,7 +66,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(reference: Path) -> 
     assert run_.info.status == "FINISHED"
     params = run_.data.params
     assert params["deepspeed.zero_stage"] == "1" and params["cluster.num_workers"] == "2"
-    assert params["train.epochs"] == "4" and params["model.d_model"] == "64" and len(params) > 60
+    assert params["train.epochs"] == "3" and params["model.d_model"] == "64" and len(params) > 60
     tags = run_.data.tags
     assert tags["world_size"] == "2" and tags["zero_stage"] == "1" and tags["dataset"] == "synthetic-charades"
     assert len(tags["git_commit"]) >= 7 and len(tags["manifest_hash"]) == 64
@@ -77,7 +77,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(reference: Path) -> 
         assert mlflow.steps(key) and all(v >= 0 for v in mlflow.values(key)), key
     assert min(mlflow.values("train/qps")) > 0
     for key in (*(f"val/{m}" for m in METRICS), "sys/peak_memory_mb_rank0", "sys/peak_memory_mb_rank1"):
-        assert len(mlflow.steps(key)) == 4, key  # once per epoch
+        assert len(mlflow.steps(key)) == 3, key  # once per epoch
     assert all(v > 100 for v in mlflow.values("sys/peak_memory_mb_rank1"))  # MB of a process running torch
     assert mlflow.values("data/queries_rank0")[0] + mlflow.values("data/queries_rank1")[0] == sum(
         read_manifest(json.loads((reference / "run.json").read_text())["config"]["data"]["train"])
@@ -94,7 +94,7 @@ def test_no_video_is_split_across_workers_or_batches(reference: Path, data: tupl
     manifest = read_manifest(data[0])
     queries_of = dict(zip(manifest.column("video_id").to_pylist(), manifest.column("n_queries").to_pylist()))
     lines = audit(reference)
-    for epoch in range(4):
+    for epoch in range(3):
         seen: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for line in (x for x in lines if x["epoch"] == epoch):
             for video, queries in line["videos"].items():
@@ -136,9 +136,9 @@ print(json.dumps(evaluate(load_model({str(zero3 / "model")!r}), {data[1]!r}, job
 
 def test_best_checkpoints_and_the_latest_are_kept(reference: Path) -> None:
     kept = sorted(checkpoints(reference))
-    assert "checkpoint_epoch0004" in kept and len(kept) <= 2  # keep_best=1, plus the latest
-    state = json.loads((reference / "ray" / "train" / "checkpoint_epoch0004" / "mktn_state.json").read_text())
-    assert (state["epochs_done"], state["world_size"], state["zero_stage"]) == (4, 2, 1)
+    assert "checkpoint_epoch0003" in kept and len(kept) <= 2  # keep_best=1, plus the latest
+    state = json.loads((reference / "ray" / "train" / "checkpoint_epoch0003" / "mktn_state.json").read_text())
+    assert (state["epochs_done"], state["world_size"], state["zero_stage"]) == (3, 2, 1)
     assert state["run_id"] == MlflowRun(reference).run_id
 
 
@@ -161,7 +161,9 @@ def _assert_same_steps_and_metrics(output: Path, reference: Path) -> None:
     assert mlflow.steps("train/loss") == ref.steps("train/loss")  # no gap, no duplicate
     assert len(mlflow.client.search_runs([mlflow.run.info.experiment_id])) == 1  # the same run throughout
     for metric in ("R1_IoU0.5", "R5_IoU0.5", "mIoU"):
-        assert mlflow.values(f"val/{metric}")[-1] == pytest.approx(ref.values(f"val/{metric}")[-1], abs=10.0)
+        final, uninterrupted = mlflow.values(f"val/{metric}")[-1], ref.values(f"val/{metric}")[-1]
+        print(f"{output.parent.name}: final val/{metric} {final:.2f} (uninterrupted {uninterrupted:.2f})")
+        assert final == pytest.approx(uninterrupted, abs=10.0)
 
 
 def test_worker_sigkilled_twice_recovers_from_checkpoints(data, reference: Path, tmp_path: Path) -> None:
@@ -200,13 +202,13 @@ def test_driver_killed_then_resumed_past_an_interrupted_checkpoint(
 ) -> None:
     out, log = tmp_path / "run", tmp_path / "train.log"
     job = start(train_args(out, data, *REFERENCE), log)
-    wait_for(lambda: "checkpoint_epoch0002" in checkpoints(out), "the second checkpoint", process=job)
+    wait_for(lambda: "checkpoint_epoch0001" in checkpoints(out), "the first checkpoint", process=job)
     os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
     job.wait()
     workers = {x["pid"] for x in audit(out)}
     wait_for(lambda: not any(psutil.pid_exists(p) for p in workers), "the workers to exit", timeout=60)
     committed = max(int(name.removeprefix("checkpoint_epoch")) for name in checkpoints(out))
-    assert committed < 4, "the job finished before the driver was killed"
+    assert committed < 3, "the job finished before the driver was killed"
     # What a writer killed mid-copy leaves behind: the next checkpoint's folder, truncated shards, no state file.
     storage = out / "ray" / "train"
     partial = storage / f"checkpoint_epoch{committed + 1:04d}" / "ds"
