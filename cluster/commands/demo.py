@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from cluster.commands.eval import log_eval
 from cluster.commands.train import print_outcome
 from cluster.config import load_config
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run_dir}: training already finished; evaluating its model")
     else:
         print_outcome(train(job, str(run_dir), resume=(run_dir / RUN_FILE).exists()))
+    torch.set_num_threads(1)  # as `mktn eval`: one thread per process
     source = open_model(str(run_dir))
     result = evaluate(source.model, str(data / "val"), source.data_cfg)
     write_bytes_atomic(str(out / "metrics.json"), json.dumps(result.to_json(), indent=2).encode())

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -36,11 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, metavar="SHARDS", help="prepared dataset URL (mktn prepare --out)"
     )
     parser.add_argument("--json", metavar="FILE", help="write the metrics (percent) and throughput here")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch CPU threads (default 1, as each training worker: on a shared machine more "
+                        "threads contend and inference slows down)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `mktn eval`."""
+    torch.set_num_threads(args.threads)
     source = open_model(args.model)
     result = evaluate(source.model, args.data, source.data_cfg)
     print(metrics_table(result.metrics))
