@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export DS_ACCELERATOR ?= cpu
 export RAY_DEDUP_LOGS ?= 0
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: setup demo test test-slow bench bench-quick lint clean
 
