@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The command line every benchmark shares: `--quick` and `--results`."""
+    """The command line every benchmark shares: `--quick`, `--threads` and `--results`."""
     p = argparse.ArgumentParser(
         prog=f"python -m bench.{name}",
         description=description,
@@ -51,9 +51,21 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="a small, fast run (what CI runs) instead of the full one"
     )
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads of the benchmark process (default 1, what a training worker uses: "
+                   "cluster.cpus_per_worker=1; on a busy machine more threads make every timing erratic)")  # fmt: skip
     p.add_argument("--results", type=Path, default=RESULTS_DIR, metavar="DIR",
                    help=f"output folder (default {RESULTS_DIR.relative_to(REPO_ROOT)})")  # fmt: skip
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line and apply `--threads` to this process."""
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def machine() -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import Report, Table, interleaved, median, parser, publish
+from bench.common import Report, Table, interleaved, median, parse, parser, publish
 from cluster.config import load_config
 from data_pipeline.batch import Batch, collate
 from data_pipeline.loader import budget_batches
@@ -67,7 +67,7 @@ def matmul(n: int, k: int, m: int) -> tuple[Any, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Count, time and compare; publish the report."""
-    args = parser(NAME, __doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse(parser(NAME, __doc__.split("\n\n")[0]), argv)
     report = Report(NAME, args.quick)
     overrides = ["model.d_model=16", "data.max_clips=8"] if args.quick else []
     job = load_config(str(CONFIG), overrides)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from bench.common import Report, Table, Target, interleaved, median, parser, publish
+from bench.common import Report, Table, Target, interleaved, median, parse, parser, publish
 from cluster.config import load_config
 from cluster.lockstep import lockstep
 from data_pipeline.config import DataConfig
@@ -57,7 +57,7 @@ def read_epoch(urls: list[str], vocab: Vocab, cfg: DataConfig) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare the dataset, measure loader, trainer and data wait, publish the report."""
-    args = parser(NAME, __doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse(parser(NAME, __doc__.split("\n\n")[0]), argv)
     report = Report(NAME, args.quick)
     job = load_config(str(CONFIG))
     videos, rounds, steps = (24, 1, 3) if args.quick else (600, 3, 40)

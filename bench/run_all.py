@@ -15,15 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO_ROOT, Table, fmt, machine, parser
+from bench.common import REPO_ROOT, Table, fmt, machine, parse, parser
 
 BENCHMARKS = ("mp_vs_sp", "pipeline", "zero", "scaling", "mfu")
 TIMEOUT_S = 3600.0
 
 
-def run(name: str, quick: bool, results: Path) -> tuple[bool, float]:
+def run(name: str, quick: bool, threads: int, results: Path) -> tuple[bool, float]:
     """Run one benchmark to completion in a subprocess (its output passes through); (succeeded, seconds)."""
-    args = [sys.executable, "-m", f"bench.{name}", "--results", str(results), *(["--quick"] if quick else [])]
+    args = [sys.executable, "-m", f"bench.{name}", "--results", str(results), "--threads", str(threads),
+            *(["--quick"] if quick else [])]  # fmt: skip
     started = time.perf_counter()
     print(f"\n=== bench.{name}{' --quick' if quick else ''} ===", flush=True)
     try:
@@ -77,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("run_all", __doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
                    help=f"run only these ({', '.join(BENCHMARKS)})")  # fmt: skip
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     names = list(args.only or BENCHMARKS)
     args.results.mkdir(parents=True, exist_ok=True)
     host = machine()
-    outcomes = {name: run(name, args.quick, args.results) for name in names}
+    outcomes = {name: run(name, args.quick, args.threads, args.results) for name in names}
     text = summary(names, outcomes, args.results, args.quick, host)
     (args.results / "SUMMARY.md").write_text(text)
     failed = [name for name, (ok, _) in outcomes.items() if not ok]

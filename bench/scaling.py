@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.common import Report, Table, Target, parser, publish
+from bench.common import Report, Table, Target, parse, parser, publish
 from cluster.config import load_config
 from cluster.metric_sink import read_spool
 from cluster.run_folder import RunFolder
@@ -97,7 +97,7 @@ def extrapolate(one: dict[str, Any], two: dict[str, Any], grad_bytes: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare the data, run 1 and 2 workers, fit the formula, publish."""
-    args = parser(NAME, __doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse(parser(NAME, __doc__.split("\n\n")[0]), argv)
     report = Report(NAME, args.quick)
     videos, epochs, overrides = (24, 2, ["model.d_model=16"]) if args.quick else (240, 3, [])
     overrides = [f"train.epochs={epochs}", "train.log_every_steps=2", *overrides]

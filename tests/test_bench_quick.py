@@ -60,7 +60,8 @@ def test_mp_vs_sp_quick(tmp_path: Path) -> None:
         for values in cell["variants"].values():
             assert values["train_qps"] > 0 and values["infer_vps"] > 0 and values["train_peak_mib"] > 0
             assert values["E_ms_per_video"] > 0 and values["F_ms_per_query"] > 0
-        assert set(cell["accuracy"]) == set(mp_vs_sp.TRAINED)
+        trained = (cell["backbone"], cell["mix"]) in mp_vs_sp.ACCURACY_CELLS
+        assert set(cell["accuracy"]) == (set(mp_vs_sp.TRAINED) if trained else set())
         assert all(0 <= acc["R1@0.5"] <= 100 and acc["steps"] >= 4 for acc in cell["accuracy"].values())
         for variant, prof in cell.get("profiles", {}).items():
             components = {row["component"] for row in prof["components"]}
