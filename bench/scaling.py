@@ -52,6 +52,7 @@ def train_run(
     args = [sys.executable, "-m", "cluster.cli", "train", str(CONFIG), f"data.train={data[0]}", f"data.val={data[1]}",
             f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1", *overrides, "--output", str(output)]  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0"}
+    output.parent.mkdir(parents=True, exist_ok=True)
     log = output.parent / f"train-{workers}.log"
     with log.open("wb") as out:
         code = subprocess.run(
