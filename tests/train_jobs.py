@@ -28,8 +28,10 @@ def tiny_dataset(root: Path) -> tuple[str, str]:
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """The environment of a training subprocess: CPU DeepSpeed, full tracebacks on user errors."""
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "MKTN_DEBUG": "1", **extra}
+    """The environment of a training subprocess: CPU DeepSpeed, full tracebacks on user errors, and this
+    interpreter's scripts (`mktn`, `mlflow`) first on PATH even when the venv is not activated."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "MKTN_DEBUG": "1", **extra}
 
 
 def train_args(output: Path, data: tuple[str, str], *overrides: str) -> list[str]:
