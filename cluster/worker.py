@@ -32,7 +32,7 @@ from cluster.plan import TrainPlan
 from cluster.step_log import StepWindow
 from cluster.tracking import now_ms
 from cluster.validation import validate
-from data_pipeline.loader import iter_batches
+from data_pipeline.loader import BatchStream, iter_batches
 from data_pipeline.text import Vocab
 from mktn.model import build_model
 
@@ -107,10 +107,15 @@ def _train_epoch(
                                "values": balance | {"data/imbalance": assignment.imbalance}}])  # fmt: skip
     audit = _BatchAudit(plan.output, rank) if job.train.record_batches else None
 
-    def batches(repeat: int):  # pass `repeat` over the shards; repeats reshuffle with another seed
-        return iter_batches(
-            urls, vocab, job.data, seed=job.train.seed + 7919 * repeat, epoch=epoch, shuffle=True
-        )
+    first_pass: list[BatchStream] = []  # its corrupt-sample count is the epoch's (repeats see the same ones)
+
+    def batches(repeat: int) -> BatchStream:
+        """Pass `repeat` over this rank's shards; a repeat reshuffles with another seed."""
+        seed = job.train.seed + 7919 * repeat
+        stream = iter_batches(urls, vocab, job.data, seed=seed, epoch=epoch, shuffle=True)
+        if repeat == 0:
+            first_pass.append(stream)
+        return stream
 
     engine.train()
     window, losses = StepWindow(device), []
@@ -129,7 +134,23 @@ def _train_epoch(
             losses += _send(plan, rank, window.flush(world))
             window = StepWindow(device)
     losses += _send(plan, rank, window.flush(world))
+    _report_corrupt_samples(plan, first_pass[0], epoch, state.global_step, rank, device)
     return sum(losses) / max(len(losses), 1)
+
+
+def _report_corrupt_samples(
+    plan: TrainPlan, stream: BatchStream, epoch: int, step: int, rank: int, device: torch.device
+) -> None:
+    """Each rank prints the samples it skipped this epoch; rank 0 logs the sum over ranks to MLflow as
+    `data/corrupt_samples` at the epoch's last step (0 included, so a clean run shows it was checked)."""
+    for message in stream.corrupt_messages:
+        print(f"rank {rank}, epoch {epoch + 1}: skipped a corrupt sample: {message}", flush=True)
+    total = torch.tensor([float(stream.corrupt_samples)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    if rank == 0:
+        record = {"step": step, "ts": now_ms(), "values": {"data/corrupt_samples": total.item()}}
+        plan.sink.log.remote([record])
 
 
 def _report(

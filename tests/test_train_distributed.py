@@ -22,7 +22,17 @@ import pytest
 
 from cluster.cli import main
 from data_pipeline.shards import read_manifest
-from tests.train_jobs import MlflowRun, audit, checkpoints, run, start, tiny_dataset, train_args, wait_for
+from tests.train_jobs import (
+    MlflowRun,
+    audit,
+    break_one_sample,
+    checkpoints,
+    run,
+    start,
+    tiny_dataset,
+    train_args,
+    wait_for,
+)
 
 REFERENCE = ["cluster.num_workers=2", "deepspeed.zero_stage=1", "train.epochs=3", "train.keep_best=1"]
 METRICS = ("R1_IoU0.3", "R1_IoU0.5", "R1_IoU0.7", "R5_IoU0.3", "R5_IoU0.5", "R5_IoU0.7", "mIoU")
@@ -42,10 +52,21 @@ def reference(data: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def zero3(data: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("zero3") / "run"
-    run(train_args(out, data, "cluster.num_workers=2", "deepspeed.zero_stage=3", "train.epochs=2"),
-        out.parent / "train.log")  # fmt: skip
+    """A ZeRO-3 run whose training shards hold one corrupt sample (skipped, counted, logged)."""
+    root = tmp_path_factory.mktemp("zero3")
+    train = shutil.copytree(data[0], root / "train")
+    (root / "broken").write_text(break_one_sample(str(train)))
+    out = root / "run"
+    run(train_args(out, (str(train), data[1]), "cluster.num_workers=2", "deepspeed.zero_stage=3", "train.epochs=2",
+                   "data.verify_checksums=false"), root / "train.log")  # fmt: skip
     return out
+
+
+def test_a_corrupt_sample_is_skipped_counted_and_logged(zero3: Path) -> None:
+    key = (zero3.parent / "broken").read_text()
+    assert MlflowRun(zero3).values("data/corrupt_samples") == [1.0, 1.0]  # once in each of the 2 epochs
+    log = (zero3.parent / "train.log").read_text()
+    assert log.count("skipped a corrupt sample") == 2 and key.rsplit("/", 1)[-1] in log
 
 
 def _last_step(output: Path, epoch: int | None = None) -> int:

@@ -3,10 +3,12 @@ and readers for what a run left behind (MLflow, the batch audit, Ray's checkpoin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from data_pipeline.prepare import prepare_synthetic
+from data_pipeline.shards import shard_urls
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic.yaml"
@@ -27,11 +30,34 @@ def tiny_dataset(root: Path) -> tuple[str, str]:
     return str(root / "train"), str(root / "val")
 
 
+def break_one_sample(dataset_url: str) -> str:
+    """Rename the first `.npy` member of the first shard to `.bin` (a sample webdataset cannot decode: a corrupt
+    sample for the trainer to skip and count); returns its key. The manifest's sha256 no longer matches, so
+    the run that reads it needs `data.verify_checksums=false`."""
+    shard = Path(shard_urls(dataset_url)[0])
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    broken = next(m for m, _ in members if m.name.endswith(".npy"))
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            if member is broken:
+                member.name = member.name.removesuffix(".npy") + ".bin"
+            tar.addfile(member, io.BytesIO(data))
+    return broken.name.removesuffix(".bin")
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """The environment of a training subprocess: CPU DeepSpeed, full tracebacks on user errors, and this
     interpreter's scripts (`mktn`, `mlflow`) first on PATH even when the venv is not activated."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "MKTN_DEBUG": "1", **extra}
+    return {
+        **os.environ,
+        "PATH": path,
+        "DS_ACCELERATOR": "cpu",
+        "RAY_DEDUP_LOGS": "0",
+        "MKTN_DEBUG": "1",
+        **extra,
+    }
 
 
 def train_args(output: Path, data: tuple[str, str], *overrides: str) -> list[str]:
