@@ -1,14 +1,18 @@
 """`mktn train`: one distributed training job, from config to exported model; the same on a laptop or a cluster.
 
-1. The run folder: a new one, or the one `--resume` continues (same config, same MLflow run).
+1. The run folder (a local path or any fsspec URL, see `cluster.run_folder`): a new one, or the one `--resume`
+   continues (same config, same MLflow run). The run folder, the datasets and the tracking store are
+   checked before Ray starts: an unreachable object store or a remote run folder without a tracking
+   server fails at once with one line saying what to fix.
 2. The datasets' manifests and vocabulary; `preflight` checks the job against the cluster; Ray is started
    locally with this machine's CPUs (and GPUs), or joined at `--address` / `RAY_ADDRESS`.
 3. The MLflow run (params, tags) and its metric sink (see `cluster.metric_sink`).
 4. Ray Train's `TorchTrainer` runs `train_worker` on N workers; `FailureConfig(max_failures)` restarts a
    dead worker group from the last checkpoint; Ray keeps the best K checkpoints by the configured metric
    (and always the latest).
-5. The final checkpoint is exported as a standalone model; figures, the checkpoint and the model are
-   logged as artifacts; the run is closed.
+5. The final checkpoint is exported as a standalone model; the model and the figures are staged in a local
+   temporary folder, logged as artifacts (with the checkpoint) and copied into the run folder; the run is
+   closed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import logging
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +41,7 @@ from cluster.export import export_checkpoint
 from cluster.metric_sink import read_spool, remote_sink
 from cluster.plan import build_plan
 from cluster.run_folder import RUN_FILE, RunFolder, resumed_config
-from cluster.storage import is_local, pyarrow_filesystem
+from cluster.storage import canonical_url, check_reachable, exists, join, pyarrow_filesystem, upload_folder
 from cluster.worker import train_worker
 from data_pipeline.shards import read_dataset_info
 from data_pipeline.text import Vocab
@@ -67,13 +72,11 @@ def train(
     `callbacks` go to the trainer's `RunConfig` and `tags` onto a new MLflow run (`mktn tune` passes
     `TuneReportCallback` and `mlflow.parentRunId`)."""
     started = time.perf_counter()
-    if not is_local(output):  # Path() would turn s3://b/run into a local folder named s3:/b/run
-        raise ValueError(
-            f"--output {output}: the run folder is a path on the driver's node; put checkpoints on shared storage "
-            "with cluster.storage_path=s3://... and MLflow artifacts in the experiment's artifact location"
-        )
-    path = Path(output).resolve()
-    job = _job_to_run(job, path, resume)
+    url = canonical_url(output)
+    check_reachable(url, "--output")
+    job = _job_to_run(job, url, resume)
+    uri = None if resume else tracking.tracking_uri(job, url)  # the resumed run's is in run.json
+    _check_stores(job)
     train_data, val_data = read_dataset_shards(job.data.train), read_dataset_shards(job.data.val)
     features = _feature_spec(job)
     vocab_json = Vocab.load(f"{job.data.train.rstrip('/')}/vocab.json").to_json()
@@ -82,9 +85,9 @@ def train(
     try:
         tracking.use_short_http_retries()
         run_tags = _run_tags(job, train_data, val_data, features) | (tags or {})
-        folder, client = _open_run(job, path, resume, run_tags)
+        folder, client = _open_run(job, url, uri, run_tags)
         sink = remote_sink(folder.tracking_uri, folder.run_id, folder.spool, tracking.HTTP_ENV)
-        plan = build_plan(job, str(path), train_data, val_data, vocab_json, features, folder.run_id, sink)
+        plan = build_plan(job, url, train_data, val_data, vocab_json, features, folder.run_id, sink)
         result = _fit(_trainer(job, folder, plan, callbacks), folder, client, sink)
         return _finish(client, folder, result, started)
     finally:
@@ -92,13 +95,13 @@ def train(
             ray.shutdown()
 
 
-def _job_to_run(job: JobConfig | None, path: Path, resume: bool) -> JobConfig:
+def _job_to_run(job: JobConfig | None, url: str, resume: bool) -> JobConfig:
     """The given config for a new run folder; for `--resume`, the saved one with the resumable changes."""
     if resume:
-        job = resumed_config(RunFolder.read(path).job, job)
-    elif (path / RUN_FILE).exists():
+        job = resumed_config(RunFolder.read(url).job, job)
+    elif exists(join(url, RUN_FILE)):
         raise ValueError(
-            f"{path} already holds a training run; pass --resume to continue it or choose another --output"
+            f"{url} already holds a training run; pass --resume to continue it or choose another --output"
         )
     elif job is None:
         raise ValueError("a config is needed to start a new run")
@@ -107,21 +110,33 @@ def _job_to_run(job: JobConfig | None, path: Path, resume: bool) -> JobConfig:
     return job
 
 
+def _check_stores(job: JobConfig) -> None:
+    """Every storage the job reads or writes answers (see `check_reachable`), before anything starts."""
+    stores = {
+        "data.train": job.data.train,
+        "data.val": job.data.val,
+        "cluster.storage_path": job.cluster.storage_path,
+    }
+    for key, location in stores.items():
+        if location:
+            check_reachable(location, key)
+
+
 def _open_run(
-    job: JobConfig, path: Path, resume: bool, tags: dict[str, str]
+    job: JobConfig, url: str, uri: str | None, tags: dict[str, str]
 ) -> tuple[RunFolder, MlflowClient]:
-    """A new MLflow run (params, tags) recorded in a new `run.json`, or the resumed run reopened."""
+    """A new MLflow run (params, tags) at tracking URI `uri` recorded in a new `run.json`, or (`uri` None) the
+    resumed run reopened."""
     patience = job.mlflow.patience_s
-    if resume:
-        folder = RunFolder.read(path)
+    if uri is None:
+        folder = RunFolder.read(url)
         folder.job = job
         client = MlflowClient(folder.tracking_uri)
         tracking.retrying(client.update_run, folder.run_id, status="RUNNING", what="reopening the run",
                           patience_s=patience)  # fmt: skip
     else:
-        uri = tracking.tracking_uri(job, str(path))
         client = MlflowClient(uri)
-        folder = RunFolder(path, job, uri, tracking.open_run(client, job, str(path), tags, patience))
+        folder = RunFolder(url, job, uri, tracking.open_run(client, job, url, tags, patience))
     folder.status = "running"
     folder.write()
     return folder, client
@@ -193,31 +208,34 @@ def _trainer(job: JobConfig, folder: RunFolder, plan: Any, callbacks: Sequence[A
 
 
 def _finish(client: MlflowClient, folder: RunFolder, result: Any, started: float) -> TrainOutcome:
-    """Export the final checkpoint, draw the figures, log the artifacts and close the MLflow run."""
-    patience, path = folder.job.mlflow.patience_s, folder.path
-    model_dir = str(path / "model")
-    with result.checkpoint.as_directory() as directory:
-        export_checkpoint(directory, model_dir)
-        predictions = checkpoint.read_json(directory, "val_predictions.json")
-        tracking.retrying(client.log_artifacts, folder.run_id, directory, "checkpoint",
-                          what="logging the final checkpoint", patience_s=patience)  # fmt: skip
+    """Export the final checkpoint, draw the figures, log the artifacts, copy the model and figures into the
+    run folder and close the MLflow run."""
+    patience = folder.job.mlflow.patience_s
     records = read_spool(Path(folder.spool) / "metrics.jsonl")
-    plots.training_curves(records, str(path / "plots" / "training_curves.png"))
-    plots.moments_figure(predictions, str(path / "plots" / "val_moments.png"))
-    for local, artifact_path in ((path / "plots", "plots"), (path / "model", "model")):
-        tracking.retrying(client.log_artifacts, folder.run_id, str(local), artifact_path,
-                          what=f"logging {artifact_path}", patience_s=patience)  # fmt: skip
-    folder.status = "finished"
-    folder.write()
-    tracking.retrying(client.log_artifact, folder.run_id, str(path / RUN_FILE), what="logging run.json",
-                      patience_s=patience)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="mktn-finish-") as staging:
+        with result.checkpoint.as_directory() as directory:
+            export_checkpoint(directory, f"{staging}/model")
+            predictions = checkpoint.read_json(directory, "val_predictions.json")
+            tracking.retrying(client.log_artifacts, folder.run_id, directory, "checkpoint",
+                              what="logging the final checkpoint", patience_s=patience)  # fmt: skip
+        plots.training_curves(records, f"{staging}/plots/training_curves.png")
+        plots.moments_figure(predictions, f"{staging}/plots/val_moments.png")
+        for name in ("plots", "model"):
+            upload_folder(f"{staging}/{name}", join(folder.path, name))
+            tracking.retrying(client.log_artifacts, folder.run_id, f"{staging}/{name}", name,
+                              what=f"logging {name}", patience_s=patience)  # fmt: skip
+        folder.status = "finished"
+        folder.write()
+        Path(staging, RUN_FILE).write_bytes(folder.record())
+        tracking.retrying(client.log_artifact, folder.run_id, f"{staging}/{RUN_FILE}", what="logging run.json",
+                          patience_s=patience)  # fmt: skip
     tracking.retrying(
         client.set_terminated, folder.run_id, "FINISHED", what="closing the run", patience_s=patience
     )
     qps = [r["values"]["train/qps"] for r in records if "train/qps" in r["values"]]
     vps = [r["values"]["train/vps"] for r in records if "train/vps" in r["values"]]
     metrics = {k: v for k, v in result.metrics.items() if k in preflight.METRIC_KEYS}
-    return TrainOutcome(folder, metrics, result.checkpoint.path, model_dir, _steady(qps), _steady(vps),
+    return TrainOutcome(folder, metrics, result.checkpoint.path, join(folder.path, "model"), _steady(qps), _steady(vps),
                         time.perf_counter() - started)  # fmt: skip
 
 

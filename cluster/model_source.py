@@ -7,16 +7,28 @@ land next to the training run's, and the data settings it was trained with.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from fsspec.registry import known_implementations
 
 from cluster import checkpoint
 from cluster.config import JobConfig
 from cluster.export import model_from_checkpoint
 from cluster.run_folder import RUN_FILE, RunFolder
+from cluster.storage import (
+    canonical_url,
+    check_reachable,
+    download_folder,
+    exists,
+    filesystem_for,
+    is_local,
+    join,
+)
 from data_pipeline.config import DataConfig
-from mktn.export import load_model
+from mktn.export import CONFIG, load_model
 from mktn.model import MKTN
 
 
@@ -31,31 +43,53 @@ class ModelSource:
 
 
 def open_model(source: str) -> ModelSource:
-    """Load the model named by `source` (see the module docstring); a wrong path says what was expected."""
-    path = Path(source)
-    if path.is_dir() and (path / RUN_FILE).exists():
-        folder = RunFolder.read(path)
-        if not (path / "model").is_dir():
+    """Load the model named by `source` (see the module docstring), a local path or any fsspec URL
+    (`s3://bucket/runs/r1`); a wrong path says what was expected."""
+    scheme = re.match(r"([A-Za-z][\w+.-]*):/", source)
+    if scheme and scheme.group(1) not in known_implementations:
+        return _from_mlflow(source)  # runs:/..., models:/..., mlflow-artifacts:/...
+    url = canonical_url(source)
+    check_reachable(url, "model")
+    if exists(join(url, RUN_FILE)):
+        folder = RunFolder.read(url)
+        if not exists(join(url, "model", CONFIG)):
             raise FileNotFoundError(
-                f"{path}: the run has no exported model yet (still training, or stopped early); evaluate one of "
+                f"{url}: the run has no exported model yet (still training, or stopped early); evaluate one of "
                 f"its checkpoints instead: {folder.storage}/train/checkpoint_*"
             )
         return ModelSource(
-            load_model(str(path / "model")), folder.tracking_uri, folder.run_id, folder.job.data
+            load_model(join(url, "model")), folder.tracking_uri, folder.run_id, folder.job.data
         )
-    if path.is_dir() and (path / checkpoint.STATE_FILE).exists():
-        state = checkpoint.TrainState.read(str(path))
-        job = JobConfig.model_validate(checkpoint.read_json(str(path), "job.json"))
-        runs = [RunFolder.read(p) for p in path.resolve().parents[:3] if (p / RUN_FILE).exists()]
-        uri = runs[0].tracking_uri if runs else None
-        return ModelSource(model_from_checkpoint(str(path)), uri, state.run_id, job.data)
-    if path.is_dir():
-        return ModelSource(load_model(str(path)))
-    if ":/" in source:
-        return _from_mlflow(source)
+    if exists(join(url, checkpoint.STATE_FILE)):
+        if is_local(url):
+            return _from_checkpoint(url, _run_of_checkpoint(url))
+        with tempfile.TemporaryDirectory(prefix="mktn-checkpoint-") as local:  # DeepSpeed reads local files
+            download_folder(url, local)
+            return _from_checkpoint(local, _run_of_checkpoint(url))
+    if exists(join(url, CONFIG)):
+        return ModelSource(load_model(url))
+    if exists(join(url, "MLmodel")):  # a model logged to MLflow, read from its artifact store
+        return _from_mlflow(url)
     raise FileNotFoundError(
         f"{source}: expected a run folder (with {RUN_FILE}), a training checkpoint (with {checkpoint.STATE_FILE}), "
         "an exported model folder, or an MLflow URI (runs:/RUN_ID/model, models:/NAME@ALIAS)"
+    )
+
+
+def _from_checkpoint(directory: str, run: RunFolder | None) -> ModelSource:
+    """The model of the training checkpoint in the local `directory`, with its run's tracking URI if known."""
+    state = checkpoint.TrainState.read(directory)
+    job = JobConfig.model_validate(checkpoint.read_json(directory, "job.json"))
+    uri = run.tracking_uri if run else None
+    return ModelSource(model_from_checkpoint(directory), uri, state.run_id, job.data)
+
+
+def _run_of_checkpoint(url: str) -> RunFolder | None:
+    """The run folder a checkpoint (`<run>/ray/train/checkpoint_*`) sits in, if it does."""
+    fs, path = filesystem_for(url)
+    parents = [str(p) for p in PurePosixPath(path).parents[:3] if str(p) != "."]
+    return next(
+        (RunFolder.read(fs.unstrip_protocol(p)) for p in parents if fs.exists(f"{p}/{RUN_FILE}")), None
     )
 
 
@@ -72,7 +106,9 @@ def _from_mlflow(uri: str) -> ModelSource:
         from cluster.pyfunc_model import read_logged_model
 
         return read_logged_model(local, tracking_uri)
-    if Path(local, checkpoint.STATE_FILE).exists():  # a training checkpoint on an object store (s3://.../checkpoint_*)
+    if Path(
+        local, checkpoint.STATE_FILE
+    ).exists():  # a checkpoint logged as an artifact (runs:/ID/checkpoint)
         return open_model(local)
     run_id = uri.split("/")[1] if uri.startswith("runs:/") else None
     return ModelSource(load_model(local), tracking_uri, run_id)

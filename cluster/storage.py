@@ -10,8 +10,9 @@ mount. Credentials and endpoints never travel in configs; they come from where e
 - Any fsspec protocol: fsspec's own configuration, `FSSPEC_<PROTOCOL>_<OPTION>` variables
   (e.g. `FSSPEC_S3_ANON=true`) or JSON files in `~/.config/fsspec/`, applied to every filesystem it builds.
 
-This module turns a URL into a filesystem for code that needs one (listing, atomic writes) and into the
-`pyarrow` filesystem Ray Train's `RunConfig(storage_path=..., storage_filesystem=...)` expects.
+This module turns a URL into a filesystem for code that needs one (listing, atomic writes, copying folders)
+and into the `pyarrow` filesystem Ray Train's `RunConfig(storage_path=..., storage_filesystem=...)` expects,
+and fails fast with one clear line when the storage behind a URL cannot be reached.
 """
 
 from __future__ import annotations
@@ -42,6 +43,60 @@ def is_local(url: str) -> bool:
     """True when `url` is a path on this node's own disk (a plain path or `file://`), visible to no other node
     unless it is a shared mount. Decided from the protocol alone: no filesystem is built, nothing is contacted."""
     return get_protocol(url) in ("file", "local")
+
+
+def canonical_url(url: str) -> str:
+    """`url` as the project records it: a local path made absolute (without `file://`), any other URL without
+    a trailing slash. Nothing is contacted."""
+    if is_local(url):
+        return os.path.abspath(filesystem_for(url)[1])
+    return url.rstrip("/")
+
+
+def join(url: str, *names: str) -> str:
+    """`url` with `names` appended as path segments (`join("s3://b/run", "model")` -> `s3://b/run/model`)."""
+    return "/".join([url.rstrip("/"), *names])
+
+
+def exists(url: str) -> bool:
+    """True when a file, object or folder (prefix) is at `url`."""
+    fs, path = filesystem_for(url)
+    return fs.exists(path)
+
+
+def check_reachable(url: str, what: str) -> None:
+    """Fail with one clear line (a ValueError naming `what`, the URL and the storage's error, e.g. the endpoint
+    it could not connect to) when the storage behind a non-local `url` does not answer, instead of a
+    client library's traceback halfway through a job. A missing object is fine: only the store is checked."""
+    if is_local(url):
+        return
+    fs, path = filesystem_for(url)
+    try:
+        fs.exists(path)
+    except Exception as exc:  # noqa: BLE001 - any client error (connection, credentials, DNS) means: unusable
+        raise ValueError(
+            f"{what} {url}: cannot reach its storage ({type(exc).__name__}: {exc}); check the endpoint "
+            "(AWS_ENDPOINT_URL for S3-compatible stores), the credentials and the network"
+        ) from exc
+
+
+def upload_folder(local_dir: str, url: str) -> None:
+    """Copy every file under the local folder `local_dir` to the same relative path under `url` (existing
+    objects of the same names are replaced; nothing else is touched)."""
+    fs, root = filesystem_for(url)
+    for directory, _, names in os.walk(local_dir):
+        for name in names:
+            source = os.path.join(directory, name)
+            target = join(root, os.path.relpath(source, local_dir).replace(os.sep, "/"))
+            if isinstance(fs, LocalFileSystem):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.put_file(source, target)
+
+
+def download_folder(url: str, local_dir: str) -> None:
+    """Copy every file under `url` (a folder or object prefix) into the local folder `local_dir`."""
+    fs, root = filesystem_for(url)
+    fs.get(f"{root.rstrip('/')}/", f"{local_dir.rstrip('/')}/", recursive=True)
 
 
 def pyarrow_filesystem(url: str, **storage_options: Any) -> tuple[pyarrow.fs.FileSystem, str]:

@@ -22,6 +22,7 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cluster.config import JobConfig
+from cluster.storage import is_local
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,13 +44,30 @@ def use_short_http_retries() -> None:
 
 
 def tracking_uri(job: JobConfig, output: str) -> str:
-    """The job's tracking URI: config, else `MLFLOW_TRACKING_URI`, else SQLite under the output folder."""
-    return job.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output)
+    """The job's tracking URI: config, else `MLFLOW_TRACKING_URI`, else SQLite under the output folder; a
+    run folder on an object store cannot hold SQLite, so there one of the first two must be set."""
+    configured = job.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    if not is_local(output):
+        raise ValueError(
+            f"--output {output}: MLflow's embedded SQLite store cannot live on an object store; point the run at "
+            "a tracking server with MLFLOW_TRACKING_URI=http://HOST:5000 (or the config key mlflow.tracking_uri)"
+        )
+    return default_tracking_uri(output)
 
 
 def default_tracking_uri(output: str) -> str:
     """`sqlite:////abs/output/mlflow.db`: runs, metrics, the registry and aliases, with no server."""
     return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+def artifact_location(output: str) -> str:
+    """Where a new experiment of a database-backed store keeps artifacts: `mlartifacts` in the run folder
+    (a `file://` URI locally, the object-store URL otherwise)."""
+    if is_local(output):
+        return (Path(output).resolve() / "mlartifacts").as_uri()
+    return f"{output.rstrip('/')}/mlartifacts"
 
 
 def mlflow_key(name: str) -> str:
@@ -89,11 +107,7 @@ def open_run(
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        location = (
-            None
-            if client.tracking_uri.startswith("http")
-            else (Path(output).resolve() / "mlartifacts").as_uri()
-        )
+        location = None if client.tracking_uri.startswith("http") else artifact_location(output)
         experiment_id = retrying(client.create_experiment, job.mlflow.experiment, artifact_location=location,
                                  what="creating the experiment", patience_s=patience_s)  # fmt: skip
     run = retrying(client.create_run, experiment_id, run_name=job.mlflow.run_name, tags=tags,

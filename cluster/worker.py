@@ -17,7 +17,6 @@ import resource
 import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -30,6 +29,7 @@ from cluster.engine_model import EngineModel
 from cluster.lockstep import lockstep
 from cluster.plan import TrainPlan
 from cluster.step_log import StepWindow
+from cluster.storage import join, write_bytes_atomic
 from cluster.tracking import now_ms
 from cluster.validation import validate
 from data_pipeline.loader import BatchStream, iter_batches
@@ -105,7 +105,7 @@ def _train_epoch(
         balance = {f"data/queries_rank{r}": q for r, q in enumerate(assignment.queries)}
         plan.sink.log.remote([{"step": state.global_step, "ts": now_ms(),
                                "values": balance | {"data/imbalance": assignment.imbalance}}])  # fmt: skip
-    audit = _BatchAudit(plan.output, rank) if job.train.record_batches else None
+    audit = _BatchAudit(plan.output, rank, job.train.log_every_steps) if job.train.record_batches else None
 
     first_pass: list[BatchStream] = []  # its corrupt-sample count is the epoch's (repeats see the same ones)
 
@@ -134,6 +134,8 @@ def _train_epoch(
             losses += _send(plan, rank, window.flush(world))
             window = StepWindow(device)
     losses += _send(plan, rank, window.flush(world))
+    if audit is not None:
+        audit.flush()
     _report_corrupt_samples(plan, first_pass[0], epoch, state.global_step, rank, device)
     return sum(losses) / max(len(losses), 1)
 
@@ -210,13 +212,16 @@ def _gather_peak_memory_mb(device: torch.device, world: int) -> list[float]:
 
 class _BatchAudit:
     """`train.record_batches`: every batch this rank trained on (video -> query ids, with the worker's pid and
-    Ray node) as JSON lines in `<output>/batches/rank-R.jsonl`, to check from outside that no video's pairs
-    were split and which process and node did the work."""
+    Ray node) as JSON lines under `<output>/batches/rank-R/`, to check from outside that no video's pairs
+    were split and which process and node did the work. The output may be an object store, which cannot
+    append: lines are buffered and every `flush_every` steps (and at the epoch's end) written as one new
+    object, `<first step:08d>-<pid>.jsonl`. Nothing is overwritten (a replayed step comes from another
+    process); what a killed worker had not flushed is lost."""
 
-    def __init__(self, output: str, rank: int):
-        self.path = Path(output, "batches", f"rank-{rank}.jsonl")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, output: str, rank: int, flush_every: int):
+        self.directory, self.flush_every = join(output, "batches", f"rank-{rank}"), flush_every
         self.pid, self.node = os.getpid(), ray.get_runtime_context().get_node_id()
+        self.lines: list[dict[str, Any]] = []
 
     def write(self, epoch: int, step: int, fresh: bool, batch: Any) -> None:
         videos: dict[str, list[str]] = {v: [] for v in batch.video_ids}
@@ -230,5 +235,15 @@ class _BatchAudit:
             "node": self.node,
             "videos": videos,
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        self.lines.append(line)
+        if len(self.lines) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines as one object."""
+        if self.lines:
+            name = f"{self.lines[0]['step']:08d}-{self.pid}.jsonl"
+            write_bytes_atomic(
+                join(self.directory, name), "".join(json.dumps(x) + "\n" for x in self.lines).encode()
+            )
+            self.lines = []

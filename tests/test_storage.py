@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -15,9 +17,20 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from s3fs import S3FileSystem
 
-from cluster.storage import filesystem_for, is_local, pyarrow_filesystem, write_bytes_atomic
+from cluster.storage import (
+    canonical_url,
+    download_folder,
+    exists,
+    filesystem_for,
+    is_local,
+    join,
+    pyarrow_filesystem,
+    upload_folder,
+    write_bytes_atomic,
+)
 
 pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
 
 
 def _object(bucket_url: str, key: str) -> bytes:
@@ -106,11 +119,106 @@ def test_write_bytes_atomic_s3(s3_bucket):
     assert _object(s3_bucket, "run/latest.json") == b"{}"
 
 
-def test_train_refuses_an_object_store_run_folder(capsys):
+def test_upload_and_download_folder_round_trip_through_s3(s3_bucket, tmp_path):
+    source = tmp_path / "model"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_bytes(b"{}")
+    (source / "sub" / "weights.bin").write_bytes(b"w" * 10)
+    upload_folder(str(source), f"{s3_bucket}/run/model")
+    upload_folder(str(source), f"{s3_bucket}/run/model/")  # again: replaced, not nested
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket[5:])["Contents"]]
+    assert sorted(keys) == ["run/model/config.json", "run/model/sub/weights.bin"]
+    back = tmp_path / "back"
+    back.mkdir()
+    download_folder(f"{s3_bucket}/run/model", str(back))
+    assert (back / "sub" / "weights.bin").read_bytes() == b"w" * 10 and (back / "config.json").exists()
+    local = tmp_path / "local" / "model"
+    upload_folder(str(source), str(local))  # a local target: folders created as needed
+    assert (local / "sub" / "weights.bin").read_bytes() == b"w" * 10
+
+
+def test_canonical_url_join_and_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert canonical_url("runs/r1/") == str(tmp_path / "runs" / "r1")
+    assert canonical_url(f"file://{tmp_path}/r") == str(tmp_path / "r")
+    assert canonical_url("s3://bucket/runs/r1/") == "s3://bucket/runs/r1"
+    assert join("s3://bucket/run/", "ray", "train") == "s3://bucket/run/ray/train"
+    assert not exists(str(tmp_path / "r")) and exists(str(tmp_path))
+
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused on loopback
+
+
+def _unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS variables pointing at a port nobody listens on; one attempt, so the refusal comes at once."""
+    for key, value in {"AWS_ENDPOINT_URL": UNREACHABLE, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_MAX_ATTEMPTS": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["prepare", "synthetic", "--out", "s3://bucket/data", "--videos", "4"], "--out s3://bucket/data"),
+        (["train", CONFIG, "--output", "s3://bucket/runs/r1"], "--output s3://bucket/runs/r1"),
+        (
+            [
+                "train",
+                CONFIG,
+                "data.train=s3://bucket/data/train",
+                "data.val=s3://bucket/data/val",
+                "--output",
+                "RUN",
+            ],
+            "data.train s3://bucket/data/train",
+        ),
+    ],  # fmt: skip
+)
+def test_an_unreachable_object_store_is_one_clear_line(args, what, monkeypatch, tmp_path, capsys):
     from cluster.cli import main
 
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
-    assert main(["train", config, "--output", "s3://bucket/runs/r1"]) == 2
+    _unreachable(monkeypatch)
+    started = time.monotonic()
+    assert main([str(tmp_path / "run") if a == "RUN" else a for a in args]) == 2
     err = capsys.readouterr().err
-    assert "--output s3://bucket/runs/r1" in err and "cluster.storage_path=s3://" in err
-    assert not Path("s3:").exists()
+    assert err.count("\n") == 1 and err.startswith(f"mktn {args[0]}: error: {what}: cannot reach its storage")
+    assert UNREACHABLE in err and "AWS_ENDPOINT_URL" in err
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run").exists() and not Path("s3:").exists()
+
+
+def test_remote_run_folder_without_a_tracking_server_is_refused_before_ray(s3_bucket, monkeypatch, capsys):
+    import ray
+
+    from cluster.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    output = f"{s3_bucket}/runs/r1"
+    args = ["train", CONFIG, f"data.train={s3_bucket}/data/train", f"data.val={s3_bucket}/data/val"]
+    assert main([*args, "--output", output]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mktn train: error: --output {output}: MLflow's embedded SQLite store cannot live")
+    assert "MLFLOW_TRACKING_URI" in err and "mlflow.tracking_uri" in err
+    assert not ray.is_initialized()
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=s3_bucket[5:])  # nothing written
+
+
+def test_run_folder_on_s3_round_trips_and_spools_locally(s3_bucket, monkeypatch, tmp_path):
+    from cluster.config import load_config
+    from cluster.run_folder import RunFolder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = RunFolder(f"{s3_bucket}/runs/r1/", load_config(CONFIG), "http://127.0.0.1:5000", "abc")
+    folder.write()
+    assert json.loads(_object(s3_bucket, "runs/r1/run.json"))["run_id"] == "abc"
+    again = RunFolder.read(f"{s3_bucket}/runs/r1")
+    assert (again.path, again.run_id, again.storage) == (
+        f"{s3_bucket}/runs/r1",
+        "abc",
+        f"{s3_bucket}/runs/r1/ray",
+    )
+    assert again.spool.startswith(str(tmp_path / "cache" / "mktn" / "spool"))
+    with pytest.raises(FileNotFoundError, match="no run.json"):
+        RunFolder.read(f"{s3_bucket}/runs/none")

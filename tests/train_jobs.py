@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
 from mlflow.tracking import MlflowClient
 
 from data_pipeline.prepare import prepare_synthetic
@@ -94,13 +95,14 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 300, p
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def audit(output: Path) -> list[dict]:
-    """Every batch every worker trained on (`train.record_batches`), with the rank added."""
+def audit(output: Path | str) -> list[dict]:
+    """Every batch every worker trained on (`train.record_batches`), with the rank added; `output` is the
+    run folder, a local path or a URL (the audit's objects `batches/rank-R/<step>-<pid>.jsonl`)."""
+    fs, root = fsspec.core.url_to_fs(str(output))
     lines = []
-    for path in sorted((output / "batches").glob("rank-*.jsonl")):
-        rank = int(path.stem.split("-")[1])
-        text = path.read_text()
-        lines += [json.loads(line) | {"rank": rank} for line in text[: text.rfind("\n") + 1].splitlines()]
+    for path in sorted(fs.glob(f"{root}/batches/rank-*/*.jsonl")):
+        rank = int(path.split("/")[-2].removeprefix("rank-"))
+        lines += [json.loads(line) | {"rank": rank} for line in fs.cat_file(path).decode().splitlines()]
     return lines
 
 

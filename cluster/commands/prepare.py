@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cluster.storage import check_reachable
 from data_pipeline.build import BuildOptions
 from data_pipeline.prepare import prepare_annotations, prepare_synthetic
 from data_pipeline.readers import FORMATS
@@ -96,6 +97,7 @@ def _add_output_options(p: argparse.ArgumentParser, shard_size_mb: float = 64.0)
 
 
 def _run_dataset(args: argparse.Namespace) -> int:
+    check_reachable(args.out, "--out")
     options = BuildOptions(
         dataset=args.dataset,
         split=args.split,
@@ -125,6 +127,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
 
 def _run_synthetic(args: argparse.Namespace) -> int:
+    check_reachable(args.out, "--out")
     infos = prepare_synthetic(
         args.out,
         videos=args.videos,

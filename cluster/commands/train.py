@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cluster.commands.register import register_trained
 from cluster.config import JobConfig, load_config, override_config
@@ -20,7 +19,9 @@ EPILOG = """examples:
 
 The run folder (--output) holds run.json, the MLflow store (mlflow.db + mlartifacts/, unless
 MLFLOW_TRACKING_URI or mlflow.tracking_uri names a server), Ray's checkpoints (ray/train/, unless
-cluster.storage_path names shared storage), the exported model (model/) and figures (plots/)."""
+cluster.storage_path names shared storage), the exported model (model/) and figures (plots/).
+--output may be any fsspec URL (s3://bucket/runs/r1: set the AWS variables, and MLFLOW_TRACKING_URI to a
+tracking server, since the SQLite store cannot live on an object store)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.lr=3e-4 cluster.num_workers=2")  # fmt: skip
     parser.add_argument(
-        "--output", default="runs/train", metavar="DIR", help="run folder (default runs/train)"
+        "--output", default="runs/train", metavar="DIR_OR_URL", help="run folder (default runs/train)"
     )
     parser.add_argument(
         "--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: RAY_ADDRESS, else local)"
@@ -70,8 +71,9 @@ def job_config(args: argparse.Namespace) -> JobConfig | None:
         raise ValueError("CONFIG is required unless --resume continues the run in --output")
     if not overrides:
         return None
-    output = Path(args.output)
-    return override_config(RunFolder.read(output).job, overrides, str(output / RUN_FILE))
+    return override_config(
+        RunFolder.read(args.output).job, overrides, f"{args.output.rstrip('/')}/{RUN_FILE}"
+    )
 
 
 def print_outcome(outcome: TrainOutcome) -> None:
