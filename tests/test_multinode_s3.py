@@ -10,6 +10,8 @@ like on a real cluster. Scenarios:
   bucket) and the job finishes; the model is then evaluated from the object store.
 - `ray job stop`: a stopped job leaves its last checkpoint in the bucket; `mktn train --resume` submitted
   as a new job continues from it and finishes.
+- the whole run folder in the bucket (`mktn train --output s3://...`, local Ray, a real `mlflow server` with
+  its artifacts in the bucket): train, `--resume` for one more epoch, `mktn eval` from the bucket.
 
 Run one with `pytest -m slow -s tests/test_multinode_s3.py`; `-s` prints the commands, wall times and
 the bucket listing.
@@ -25,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import fsspec
@@ -32,11 +35,17 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cluster.cli import main
+from data_pipeline.prepare import prepare_synthetic
 from data_pipeline.synthetic import generate
 from tests.ray_cluster import LocalRayCluster, cluster_env
+from tests.train_jobs import MlflowRun, audit, run, train_args
+
+if TYPE_CHECKING:
+    from tests.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
+pytest_plugins = ["tests.s3_server", "tests.mlflow_server"]  # s3_server / s3_bucket, mlflow_server fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -309,3 +318,70 @@ def test_ray_job_stop_leaves_a_resumable_checkpoint(scenario):
     assert f"runs/{run}/ray/train/checkpoint_epoch{epochs:04d}/mktn_state.json" in keys
     state = json.loads((s.tmp / run / "run.json").read_text())
     assert state["status"] == "finished"
+
+
+def test_run_folder_on_s3_trains_resumes_and_evaluates(
+    s3_bucket, mlflow_server: MlflowServer, tmp_path, monkeypatch
+):
+    """`mktn train --output s3://...` (2 local workers, 1 epoch), `--resume train.epochs=2`, `mktn eval` of the
+    run in the bucket: every file of the run is an object in the bucket, the metrics are in the MLflow server
+    (whose artifacts are in the bucket too), the metric spool in the driver's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a stray local folder (e.g. `s3:/...`) would show up here
+    timings: list[tuple[str, float]] = []
+
+    def timed(what: str, call: Callable[[], object]) -> None:
+        started = time.monotonic()
+        call()
+        timings.append((what, time.monotonic() - started))
+
+    mlflow_server.artifacts = f"{s3_bucket}/mlflow"
+    timed("mlflow server start", mlflow_server.start)
+    data, out, log = f"{s3_bucket}/data", f"{s3_bucket}/runs/r1", tmp_path / "train.log"
+    timed("prepare (in process) --out s3://", lambda: prepare_synthetic(data, videos=48, val_videos=16,
+                                                                        shard_size_mb=0.1, progress=False))  # fmt: skip
+    args = train_args(out, (f"{data}/train", f"{data}/val"), "cluster.num_workers=2", "train.epochs=1")
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
+    timed(f"mktn train ... --output {out} (1 epoch)", lambda: run(args, log, **env))
+    resume = [*args[:4], "--output", out, "--resume", "train.epochs=2"]
+    timed("mktn train --output ... --resume train.epochs=2", lambda: run(resume, log, **env))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    eval_args = ["eval", out, "--data", f"{data}/val", "--json", f"{out}/eval.json"]
+    timed(f"mktn eval {out} --data {data}/val", lambda: main(eval_args))
+
+    keys = _listing(s3_bucket)
+    print("\n=== commands and wall times")
+    print("\n".join(f"{seconds:8.1f} s  {what}" for what, seconds in timings))
+    print(f"=== {s3_bucket} after the run")
+    print("\n".join(f"{size:10d}  {key}" for key, size in sorted(keys.items())))
+
+    run_keys = {k.removeprefix("runs/r1/") for k in keys if k.startswith("runs/r1/")}
+    assert {"run.json", "eval.json", "model/model.safetensors", "model/config.json", "model/vocab.json",
+            "plots/training_curves.png", "plots/val_moments.png"} <= run_keys  # fmt: skip
+    for epoch in (1, 2):
+        assert f"ray/train/checkpoint_epoch{epoch:04d}/mktn_state.json" in run_keys
+    assert {k.split("/")[1] for k in run_keys if k.startswith("batches/")} == {"rank-0", "rank-1"}
+    assert any(k.startswith("mlflow/") and "/artifacts/model/" in k for k in keys)  # the server's artifacts
+    assert not list(tmp_path.glob("s3*")) and list(
+        (tmp_path / "cache" / "mktn" / "spool").glob("*/metrics.jsonl")
+    )
+
+    lines = audit(out)
+    assert {x["epoch"] for x in lines} == {0, 1} and {x["rank"] for x in lines} == {0, 1}
+    mlflow = MlflowRun(out)
+    assert mlflow.client.tracking_uri == mlflow_server.uri and mlflow.run.info.status == "FINISHED"
+    assert mlflow.steps("train/loss") == list(range(1, max(x["step"] for x in lines) + 1))  # each step once
+    assert len(mlflow.steps("val/mIoU")) == 2
+    assert {"model", "plots", "checkpoint", "run.json"} <= mlflow.artifacts()
+    with fsspec.open(f"{out}/eval.json") as f:
+        evaluated = json.load(f)
+    assert evaluated["mIoU"] == pytest.approx(mlflow.values("val/mIoU")[-1], abs=1e-6)
+    assert "eval/synthetic-charades/val/mIoU" in mlflow.client.get_run(mlflow.run_id).data.metrics
+    with fsspec.open(f"{out}/run.json") as f:
+        assert json.load(f)["status"] == "finished"
+
+
+def _listing(bucket: str) -> dict[str, int]:
+    """Object key -> size of every object in `bucket`, straight from the server."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket.removeprefix("s3://"))
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}

@@ -7,59 +7,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.train_jobs import MlflowRun, audit, start, tiny_dataset, train_args, wait_for
 
+if TYPE_CHECKING:
+    from tests.mlflow_server import MlflowServer
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1:port with a SQLite store and an artifact folder under `root`."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
-                str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", str(self.root / "artifacts")]  # fmt: skip
-        with (self.root / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_for(self.healthy, "the MLflow server to answer", timeout=240, process=self.process)
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        assert not self.healthy()
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+pytest_plugins = ["tests.mlflow_server"]  # the mlflow_server fixture
 
 
 def _spool(output: Path) -> tuple[int, int]:
@@ -70,17 +30,8 @@ def _spool(output: Path) -> tuple[int, int]:
     return queued, done
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    server = MlflowServer(tmp_path / "mlflow")
-    server.root.mkdir()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-
-
-def test_metrics_survive_a_tracking_server_outage(tmp_path: Path, server: MlflowServer) -> None:
+def test_metrics_survive_a_tracking_server_outage(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    server = mlflow_server
     data = tiny_dataset(tmp_path / "data")
     server.start()
     out, log = tmp_path / "run", tmp_path / "train.log"

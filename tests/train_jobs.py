@@ -109,8 +109,9 @@ def audit(output: Path | str) -> list[dict]:
 class MlflowRun:
     """The MLflow run of a training run folder."""
 
-    def __init__(self, output: Path, tracking_uri: str | None = None):
-        record = json.loads((output / "run.json").read_text())
+    def __init__(self, output: Path | str, tracking_uri: str | None = None):
+        with fsspec.open(f"{output}/run.json", "rb") as f:  # a local run folder or a URL
+            record = json.loads(f.read())
         self.client = MlflowClient(tracking_uri or record["tracking_uri"])
         self.run_id = record["run_id"]
         self.run = self.client.get_run(self.run_id)
