@@ -2,13 +2,23 @@
 
 ZeRO-3 gathers a module's parameters in hooks around that module's `forward`, and gathers them again for
 backward through hooks it attaches to the tensors the module returns. MKTN passes dataclasses between its
-modules (ZeRO-3 cannot look into them, so no backward hook is attached) and uses some parameters outside
-their own module's `forward` (`APA.prototypes`, the video encoder's position table). So every parameter is
-registered with this wrapper (`register_external_parameter`): ZeRO-3 gathers the whole model when the
-wrapper's forward starts and, through the tensors of the dict it returns, again for backward. Between steps
-parameters, gradients and optimizer states stay partitioned across the ranks and are checkpointed as
-shards; stages 0-2 ignore the registration. State-dict keys carry the `model.` prefix
-(`unwrapped_state_dict` removes it).
+modules (ZeRO-3 cannot look into them, so no backward hook is attached) and reads some parameters outside
+their owner's `forward`: APA has no `forward` (`APA.frames` reads `frame_queries`, `APA.prototypes` reads
+`activity_queries`, both called from `MKTN.ground`), and the video encoder indexes its position table
+`position.weight` instead of calling the `nn.Embedding`. So every parameter is registered with this wrapper
+(`register_external_parameter`): ZeRO-3 gathers the whole model when the wrapper's forward starts and,
+through the tensors of the dict it returns, again for backward. Between steps parameters, gradients and
+optimizer states stay partitioned across the ranks and are checkpointed as shards; stages 0-2 ignore the
+registration. State-dict keys carry the `model.` prefix (`unwrapped_state_dict` removes it).
+
+Constraints that follow: under ZeRO-3 run MKTN only through this wrapper (a bare MKTN handed to
+`deepspeed.initialize` or built under `deepspeed.zero.Init` would read those parameters as empty
+partitions); and the whole model's parameters are resident on each rank during a step, so ZeRO-3 saves the
+memory of optimizer states, gradients and parameters between steps, not the parameters' peak.
+
+Precision: a bf16/fp16 engine casts this module's parameters, not the batch; MKTN casts the batch's video
+features to its parameters' dtype itself, and the total loss it returns is fp32 (checked on CPU by
+`tests/test_engine_model.py`).
 """
 
 from __future__ import annotations
