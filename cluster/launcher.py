@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import statistics
 import tempfile
 import time
@@ -56,7 +57,7 @@ class TrainOutcome:
 
     folder: RunFolder
     metrics: dict[str, float]  # the last validation (percent), as rank 0 reported it
-    checkpoint: str
+    checkpoint: str  # the final checkpoint's URL
     model_dir: str
     train_qps: float
     train_vps: float
@@ -235,7 +236,8 @@ def _finish(client: MlflowClient, folder: RunFolder, result: Any, started: float
     qps = [r["values"]["train/qps"] for r in records if "train/qps" in r["values"]]
     vps = [r["values"]["train/vps"] for r in records if "train/vps" in r["values"]]
     metrics = {k: v for k, v in result.metrics.items() if k in preflight.METRIC_KEYS}
-    return TrainOutcome(folder, metrics, result.checkpoint.path, join(folder.path, "model"), _steady(qps), _steady(vps),
+    final = join(folder.storage, RAY_RUN_NAME, posixpath.basename(result.checkpoint.path))
+    return TrainOutcome(folder, metrics, final, join(folder.path, "model"), _steady(qps), _steady(vps),
                         time.perf_counter() - started)  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import boto3
 import fsspec
 import pyarrow.fs
 import pytest
+import torch
 from fsspec.implementations.local import LocalFileSystem
 from s3fs import S3FileSystem
 
@@ -222,3 +223,27 @@ def test_run_folder_on_s3_round_trips_and_spools_locally(s3_bucket, monkeypatch,
     assert again.spool.startswith(str(tmp_path / "cache" / "mktn" / "spool"))
     with pytest.raises(FileNotFoundError, match="no run.json"):
         RunFolder.read(f"{s3_bucket}/runs/none")
+
+
+def test_open_model_reads_a_run_folder_on_s3(s3_bucket):
+    from cluster.config import load_config
+    from cluster.model_source import open_model
+    from cluster.run_folder import RunFolder
+    from mktn.export import save_model
+    from tests.model_support import model_for, small_config, tiny_groups
+
+    model = model_for(tiny_groups(2), small_config())
+    run = f"{s3_bucket}/runs/r1"
+    RunFolder(run, load_config(CONFIG), "http://127.0.0.1:5000", "abc", status="finished").write()
+    with pytest.raises(FileNotFoundError, match="no exported model yet"):
+        open_model(run)
+    save_model(model, f"{run}/model")
+    for source, run_id in ((run, "abc"), (f"{run}/", "abc"), (f"{run}/model", None)):
+        found = open_model(source)
+        assert found.run_id == run_id and found.model.state_dict().keys() == model.state_dict().keys()
+        assert all(
+            torch.equal(a, b) for a, b in zip(found.model.state_dict().values(), model.state_dict().values())
+        )
+    assert open_model(run).tracking_uri == "http://127.0.0.1:5000"
+    with pytest.raises(FileNotFoundError, match="expected a run folder"):
+        open_model(f"{s3_bucket}/runs/none")
