@@ -27,10 +27,10 @@ import torch
 
 from data_pipeline.batch import collate
 from data_pipeline.features import check_features
+from data_pipeline.loader import budget_batches
 from data_pipeline.text import tokenize
 from data_pipeline.types import QueryAnnotation, VideoGroup
 from mktn.decode import Moment
-from mktn.fit import pack
 from mktn.model import MKTN
 
 
@@ -298,7 +298,9 @@ class Predictor:
         self, groups: list[VideoGroup], rows: dict[str, list[Query]], top_k: int, result: PredictResult
     ) -> None:
         model, start = self.model, time.perf_counter()
-        for chunk in pack(groups, self.budget.max_videos, self.budget.max_queries):
+        for chunk in budget_batches(
+            groups, self.budget.max_queries, self.budget.max_videos, oversized="alone"
+        ):
             batch = collate(chunk, model.vocab, model.max_clips, self.max_words)
             ranked = model.decode(model(batch, compute_loss=False), batch, top_k=top_k)
             members = [q for g in chunk for q in rows[g.video_id]]

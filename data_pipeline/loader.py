@@ -131,16 +131,20 @@ def iter_video_groups(
 
 
 def budget_batches(
-    groups: Iterable[VideoGroup], max_queries: int, max_videos: int
+    groups: Iterable[VideoGroup], max_queries: int, max_videos: int, oversized: str = "refuse"
 ) -> Iterator[list[VideoGroup]]:
     """Cut a stream of video groups into lists of at most `max_queries` queries and `max_videos` videos.
 
-    A video group is never split; one with more queries than the budget is an error naming it.
+    A video group is never split. One with more queries than the budget is an error naming it
+    (`oversized="refuse"`, training: the budget bounds memory) or a batch of its own (`oversized="alone"`,
+    inference: every query must get an answer).
     """
+    if oversized not in ("refuse", "alone"):
+        raise ValueError(f"oversized={oversized!r}: expected 'refuse' or 'alone'")
     batch: list[VideoGroup] = []
     queries = 0
     for group in groups:
-        if group.num_queries > max_queries:
+        if group.num_queries > max_queries and oversized == "refuse":
             raise DataError(
                 f"video {group.video_id!r} has {group.num_queries} queries, more than "
                 f"max_queries_per_batch={max_queries}; a video group is never split, so raise the budget"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,25 +31,6 @@ class FitResult:
     seconds: float
 
 
-def pack(groups: Sequence[VideoGroup], max_videos: int, max_queries: int) -> Iterator[list[VideoGroup]]:
-    """Inference batches: consecutive whole video groups, at most `max_videos` videos and (unless one video
-    alone has more) `max_queries` queries per batch.
-
-    Unlike `data_pipeline.loader.budget_batches` (training), a video with more queries than the budget
-    is not refused: it is predicted alone, since every query must get an answer.
-    """
-    chunk: list[VideoGroup] = []
-    queries = 0
-    for g in groups:
-        if chunk and (len(chunk) == max_videos or queries + g.num_queries > max_queries):
-            yield chunk
-            chunk, queries = [], 0
-        chunk.append(g)
-        queries += g.num_queries
-    if chunk:
-        yield chunk
-
-
 @torch.no_grad()
 def evaluate(
     model: MKTN, groups: Sequence[VideoGroup], max_videos: int = 16, max_words: int = 30
@@ -57,7 +38,7 @@ def evaluate(
     """`grounding_metrics` of `model` on `groups` (eval mode, decoded top-5)."""
     model.eval()
     preds, gts = [], []
-    for chunk in pack(groups, max_videos, 10**9):
+    for chunk in budget_batches(groups, 10**9, max_videos):
         batch = collate(chunk, model.vocab, model.max_clips, max_words)
         preds += model.decode(model(batch, compute_loss=False), batch, top_k=5)
         gts += [(q.start, q.end) for g in chunk for q in g.queries]

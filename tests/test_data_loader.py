@@ -151,6 +151,20 @@ def test_budget_batches_never_split_groups() -> None:
         assert sum(g.num_queries for g in b) + nxt[0].num_queries > 7 or len(b) == 3
 
 
+def test_budget_batches_oversized_group_refused_or_alone() -> None:
+    groups = generate(30, seed=2, feature_dim=4)
+    big = max(groups, key=lambda g: g.num_queries)
+    limit = big.num_queries - 1
+    with pytest.raises(DataError, match=rf"video '{big.video_id}' has {big.num_queries} queries, more than "):
+        list(budget_batches(groups, max_queries=limit, max_videos=4))
+    batches = list(budget_batches(groups, max_queries=limit, max_videos=4, oversized="alone"))
+    assert [g for b in batches for g in b] == groups
+    assert [big] in batches
+    assert all(sum(g.num_queries for g in b) <= limit for b in batches if b != [big])
+    with pytest.raises(ValueError, match="oversized='split'"):
+        list(budget_batches(groups, 5, 4, oversized="split"))
+
+
 # ---- bad shards ----------------------------------------------------------------------------------
 
 
