@@ -175,7 +175,8 @@ def _connect_ray(job: JobConfig, train: DatasetShards, val: DatasetShards, addre
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     preflight.check_job(job, train, val, {"CPU": cpus, "GPU": gpus})  # before any Ray process starts
-    ray.init(num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING)
+    # "local": a new Ray of our own, even where `ray start` left a cluster a bare ray.init() would join
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING)
     return True
 
 

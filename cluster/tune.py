@@ -345,7 +345,7 @@ def _start_local_ray(cpus: int, gpus: int) -> None:
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING,
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"RAY_ADDRESS": address}})  # fmt: skip
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
