@@ -20,6 +20,7 @@ the bucket listing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -80,6 +81,9 @@ class Scenario:
                 "DS_ACCELERATOR": "cpu",
                 "RAY_DEDUP_LOGS": "0",
                 "MKTN_DEBUG": "1",
+                # The job's entrypoint runs `mktn` through a shell: this interpreter's scripts come first on
+                # PATH even when the venv is not activated (`.venv/bin/python -m pytest`).
+                "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
             }
         )
         self.cluster = LocalRayCluster(root=tmp, env=self.env)
