@@ -49,8 +49,12 @@ def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
                    help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id")  # fmt: skip
     p.add_argument("--out", required=True, metavar="URL", help="output dataset URL")
     p.add_argument("--split", default="train", help="split name stored in the manifest (default: train)")
-    p.add_argument("--hdf5-key", metavar="NAME", help="dataset inside each video's HDF5 group (e.g. c3d_features)")
-    p.add_argument("--feature-dim", type=int, metavar="D", help="expected feature dim (default: the first video's)")
+    p.add_argument(
+        "--hdf5-key", metavar="NAME", help="dataset inside each video's HDF5 group (e.g. c3d_features)"
+    )
+    p.add_argument(
+        "--feature-dim", type=int, metavar="D", help="expected feature dim (default: the first video's)"
+    )
     p.add_argument("--feature-fps", type=float, metavar="FPS",
                    help="feature clips per second, for the duration when the annotations have none")  # fmt: skip
     p.add_argument("--end-tolerance", type=float, default=2.0, metavar="S",
@@ -60,14 +64,18 @@ def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
                    help="keep rows repeating a video's (start, end, sentence); TACoS ships ~800")  # fmt: skip
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="raise: stop at the first bad item (default); skip: drop it, count and report it")  # fmt: skip
-    p.add_argument("--vocab", metavar="URL", help="reuse this vocab.json (the training split's, for val/test)")
+    p.add_argument(
+        "--vocab", metavar="URL", help="reuse this vocab.json (the training split's, for val/test)"
+    )
     if fmt == "charades-sta":
         p.add_argument("--durations", action="append", default=[], metavar="FILE",
                        help="charades.json or Charades_v1_*.csv with video lengths (repeatable)")  # fmt: skip
     if fmt == "tacos":
         p.add_argument("--tacos-unit", choices=("frames", "seconds"), default="frames",
                        help="frames: timestamps in frames with fps/num_frames (2D-TAN form); seconds: with duration")  # fmt: skip
-        p.add_argument("--keep-video-ext", action="store_true", help="keep '.avi' in video ids (default: strip)")
+        p.add_argument(
+            "--keep-video-ext", action="store_true", help="keep '.avi' in video ids (default: strip)"
+        )
     _add_output_options(p)
     p.set_defaults(func=_run_dataset)
 
@@ -76,7 +84,9 @@ def _add_synthetic(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("synthetic", help="deterministic synthetic videos with planted moments (train/ and val/)",
                          description="Generate the synthetic dataset: OUT/train and OUT/val sharing one vocabulary.",
                          epilog=LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--out", required=True, metavar="URL", help="output URL; train/ and val/ are written under it")
+    p.add_argument(
+        "--out", required=True, metavar="URL", help="output URL; train/ and val/ are written under it"
+    )
     p.add_argument("--videos", type=int, default=300, help="training videos (default 300)")
     p.add_argument("--val-videos", type=int, default=100, help="validation videos (default 100)")
     p.add_argument("--mix", choices=sorted(MIXES), default="charades", help="queries-per-video style")

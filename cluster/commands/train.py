@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cluster.commands import add_job_arguments
 from cluster.commands.register import register_trained
 from cluster.config import JobConfig, load_config, override_config
 from cluster.launcher import TrainOutcome, train
@@ -38,14 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="job YAML (any fsspec URL); optional with --resume (the saved config is reused)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.lr=3e-4 cluster.num_workers=2")  # fmt: skip
-    parser.add_argument(
-        "--output", default="runs/train", metavar="DIR_OR_URL", help="run folder (default runs/train)"
-    )
-    parser.add_argument(
-        "--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: RAY_ADDRESS, else local)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --output from its last checkpoint"
+    add_job_arguments(
+        parser,
+        "run folder",
+        "runs/train",
+        "DIR_OR_URL",
+        "continue the run in --output from its last checkpoint",
     )
     parser.add_argument("--register", metavar="NAME", help="register the model as NAME, alias champion "
                         "(default: the config's mlflow.register_as; see `mktn register`)")  # fmt: skip

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from cluster.commands import add_job_arguments
 from cluster.commands.register import print_registered
 from cluster.config import load_config
 from cluster.summary import mlflow_ui_line
@@ -38,14 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the base job")
     parser.add_argument("--search", metavar="YAML", help="search space, e.g. configs/tune/synthetic.yaml")
     parser.add_argument("--num-samples", type=int, metavar="N", help="trials (default: the search file's)")
-    parser.add_argument(
-        "--output", default="runs/tune", metavar="DIR", help="search folder (default runs/tune)"
-    )
-    parser.add_argument(
-        "--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: RAY_ADDRESS, else local)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the search in --output (Tuner.restore)"
+    add_job_arguments(
+        parser, "search folder", "runs/tune", "DIR", "continue the search in --output (Tuner.restore)"
     )
     parser.add_argument("--register", metavar="NAME", help="register the best finished trial's model as NAME")
     parser.add_argument("--alias", default="champion", help="alias moved to that version (default champion)")
