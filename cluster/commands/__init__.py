@@ -7,7 +7,7 @@ import argparse
 
 
 def add_job_arguments(
-    parser: argparse.ArgumentParser, folder: str, default_output: str, resume_help: str
+    parser: argparse.ArgumentParser, folder: str, default_output: str, metavar: str, resume_help: str
 ) -> None:
     """`--output`, `--address` and `--resume`, which `mktn train` and `mktn tune` share: where the job's `folder`
     lives, which Ray cluster runs it, and whether to continue the one already there."""
