@@ -25,20 +25,21 @@ def _yaml(name: str) -> dict:
     return yaml.safe_load((LAUNCH / name).read_text())
 
 
-def _job_of(entrypoint: str) -> JobConfig:
-    """Parse an entrypoint with the real `mktn` parser; returns the job it trains."""
+def _job_of(entrypoint: str) -> tuple[JobConfig, str]:
+    """Parse an entrypoint with the real `mktn` parser; returns the job it trains and its --output."""
     argv = shlex.split(entrypoint)
     assert argv[0] == "mktn", entrypoint
     args = build_parser().parse_args(argv[1:])
     assert args.command == "train"
     assert (ROOT / args.config).is_file(), f"{args.config} does not exist"
-    return load_config(str(ROOT / args.config), args.overrides)
+    return load_config(str(ROOT / args.config), args.overrides), args.output
 
 
-def _check_shared_job(job: JobConfig) -> None:
-    """A multi-node job: GPUs; shards and checkpoints on shared storage (no node-local disk)."""
+def _check_shared_job(job: JobConfig, output: str) -> None:
+    """A multi-node job: GPUs; shards and checkpoints on shared storage (no node-local disk). Checkpoints go to
+    cluster.storage_path, else to <output>/ray."""
     assert job.cluster.use_gpu and job.cluster.gpus_per_worker == 1
-    for url in (job.data.train, job.data.val, job.cluster.storage_path):
+    for url in (job.data.train, job.data.val, job.cluster.storage_path or f"{output}/ray"):
         assert url and not is_local(url), f"{url} is on a node's local disk"
 
 
@@ -66,7 +67,7 @@ def test_ray_cluster_yaml_passes_ray_up_validation(cluster_yaml):
 
 def test_ray_cluster_yaml_job_is_a_valid_mktn_train(cluster_yaml):
     job_spec = cluster_yaml["metadata"]["mktn"]
-    _check_shared_job(_job_of(job_spec["entrypoint"]))
+    _check_shared_job(*_job_of(job_spec["entrypoint"]))
     assert (ROOT / job_spec["runtime_env"]).is_file()
 
 
@@ -83,8 +84,11 @@ def test_runtime_env_is_valid_for_ray_jobs():
 def test_rayjob_manifest(rayjob):
     assert (rayjob["apiVersion"], rayjob["kind"]) == ("ray.io/v1", "RayJob")
     spec = rayjob["spec"]
-    job = _job_of(spec["entrypoint"])
-    _check_shared_job(job)
+    job, output = _job_of(spec["entrypoint"])
+    _check_shared_job(job, output)
+    assert not is_local(output), (
+        "a RayJob's head pod goes away with the job: its run folder must be in the bucket"
+    )
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     assert cluster["authOptions"] == {"mode": "token"}
