@@ -23,5 +23,14 @@ class DataConfig(StrictConfig):
     max_videos_per_batch: int = Field(16, ge=1, description="video budget of one batch")
     shuffle_buffer: int = Field(256, ge=0, description="video groups in the shuffle buffer (0 = no shuffle)")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
-    max_corrupt_samples: int = Field(10, ge=0, description="corrupt samples skipped (and logged) before a run stops")
-    verify_checksums: bool = Field(True, description="check each shard's sha256 against the manifest before reading")
+    prefetch_batches: int = Field(
+        2,
+        ge=0,
+        description="batches a background thread decodes ahead of the training loop (0 = in the loop)",
+    )
+    max_corrupt_samples: int = Field(
+        10, ge=0, description="corrupt samples skipped (and logged) before a run stops"
+    )
+    verify_checksums: bool = Field(
+        True, description="check each shard's sha256 against the manifest before reading"
+    )

@@ -17,7 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import queue
 import random
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -102,11 +104,77 @@ def iter_batches(
         random.Random(f"shards/{seed}/{epoch}").shuffle(urls)
     dataset = _EpochBatches(urls, vocab, data_cfg, seed, epoch, shuffle)
     if data_cfg.loader_workers == 0:
-        return BatchStream(iter(dataset), data_cfg.max_corrupt_samples)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=data_cfg.loader_workers, collate_fn=_identity
-    )
-    return BatchStream(iter(loader), data_cfg.max_corrupt_samples)
+        items = iter(dataset)
+    else:
+        items = iter(torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=data_cfg.loader_workers, collate_fn=_identity
+        ))  # fmt: skip
+    if data_cfg.prefetch_batches > 0:
+        items = Prefetch(items, data_cfg.prefetch_batches)
+    return BatchStream(items, data_cfg.max_corrupt_samples)
+
+
+class Prefetch(Iterator):
+    """Iterate `items` in a background thread, up to `depth` items ahead of the consumer.
+
+    Reading, checksumming and decoding the next batch (I/O and numpy, which release the GIL) overlap the
+    training step, so the loop does not wait for data. Order is unchanged; an exception raised by `items`
+    is raised by `__next__` at its place in the stream. A consumer that stops early (lockstep abandoning a
+    repeat pass) lets the object be collected, which stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        # The thread holds the queue and the event, never `self`, so `self` can be collected and `__del__` runs.
+        threading.Thread(target=_fill, args=(items, self._queue, self._stop), daemon=True).start()
+
+    def __next__(self) -> object:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is Prefetch._END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._done = True
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (it exits at its next hand-over)."""
+        self._stop.set()
+
+    __del__ = close
+
+
+@dataclass
+class _Raised:
+    error: BaseException
+
+
+def _fill(items: Iterator, out: queue.Queue, stop: threading.Event) -> None:
+    """The prefetch thread: put every item, then the end marker (or what went wrong), until `stop` is set."""
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in items:
+            if not put(item):
+                return
+        put(Prefetch._END)
+    except Exception as exc:  # handed to the consumer, raised there
+        put(_Raised(exc))
 
 
 def iter_video_groups(

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import itertools
 import json
 import os
 import pickle
 import re
 import tarfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from data_pipeline.build import BuildOptions
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
-from data_pipeline.loader import budget_batches, check_batch_budget, iter_batches
+from data_pipeline.loader import Prefetch, budget_batches, check_batch_budget, iter_batches
 from data_pipeline.prepare import prepare_annotations
 from data_pipeline.sample import encode_sample
 from data_pipeline.shards import read_manifest, shard_urls, write_dataset
@@ -163,6 +168,36 @@ def test_budget_batches_oversized_group_refused_or_alone() -> None:
     assert all(sum(g.num_queries for g in b) <= limit for b in batches if b != [big])
     with pytest.raises(ValueError, match="oversized='split'"):
         list(budget_batches(groups, 5, 4, oversized="split"))
+
+
+def test_prefetch_keeps_order_and_raises_in_place(small: str) -> None:
+    inline = _epoch(small, CFG.model_copy(update={"prefetch_batches": 0}), seed=3)
+    ahead = _epoch(small, CFG.model_copy(update={"prefetch_batches": 3}), seed=3)
+    assert [b.query_ids for b in ahead] == [b.query_ids for b in inline] and len(inline) > 1
+    assert all(torch.equal(a.video_feats, b.video_feats) for a, b in zip(ahead, inline))
+
+    def failing():
+        yield from (1, 2)
+        raise ValueError("bad batch 3")
+
+    stream = Prefetch(failing(), depth=2)
+    assert [next(stream), next(stream)] == [1, 2]
+    with pytest.raises(ValueError, match="bad batch 3"):
+        next(stream)
+    with pytest.raises(StopIteration):
+        next(stream)
+
+
+def test_an_abandoned_prefetch_thread_stops() -> None:
+    before = threading.active_count()
+    stream = Prefetch(itertools.count(), depth=2)
+    assert next(stream) == 0
+    del stream
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
 
 
 # ---- bad shards ----------------------------------------------------------------------------------
