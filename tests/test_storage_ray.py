@@ -38,6 +38,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow  # 1.5-5 min on 2 cores; the default suite keeps the fast S3 tests of test_storage.py
 def test_ray_train_checkpoints_on_s3_and_resumes(s3_bucket, ray_local):
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
