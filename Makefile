@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[text,s3,dev]"
 	touch $(STAMP)
 
-demo: setup          ## synthetic data -> shards -> 2-worker ZeRO-2 training -> eval -> registry
+demo: setup          ## synthetic data -> shards -> 2-worker ZeRO-2 training -> eval
 	$(BIN)/mktn demo --output runs/demo
 
 test: setup          ## the default suite (CI runs this)
