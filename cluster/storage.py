@@ -84,13 +84,7 @@ def upload_folder(local_dir: str, url: str) -> None:
     """Copy every file under the local folder `local_dir` to the same relative path under `url` (existing
     objects of the same names are replaced; nothing else is touched)."""
     fs, root = filesystem_for(url)
-    for directory, _, names in os.walk(local_dir):
-        for name in names:
-            source = os.path.join(directory, name)
-            target = join(root, os.path.relpath(source, local_dir).replace(os.sep, "/"))
-            if isinstance(fs, LocalFileSystem):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.put_file(source, target)
+    fs.put(f"{local_dir.rstrip('/')}/", f"{root.rstrip('/')}/", recursive=True)
 
 
 def download_folder(url: str, local_dir: str) -> None:
