@@ -5,20 +5,26 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # CPU machines take the torch 2.13.0 CPU wheel; a GPU user sets TORCH_SPEC to their CUDA build (or leaves torch as is).
 TORCH_SPEC ?= torch==2.13.0
+# Every other package at the version last tested (constraints.txt); `CONSTRAINTS=` resolves the ranges afresh.
+CONSTRAINTS ?= constraints.txt
 export DS_ACCELERATOR ?= cpu
 export RAY_DEDUP_LOGS ?= 0
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup demo test test-slow bench bench-quick lint clean
+.PHONY: setup lock demo test test-slow bench bench-quick lint clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[text,s3,dev]"
+	# One resolve with torch pinned: installed alone first, a later resolve may swap it for another build.
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) "$(TORCH_SPEC)" -e ".[text,s3,dev]"
 	touch $(STAMP)
+
+lock: setup          ## rewrite constraints.txt from .venv (after changing the dependencies in pyproject.toml)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.new
+	mv constraints.new constraints.txt
 
 demo: setup          ## synthetic data -> shards -> 2-worker ZeRO-2 training -> eval
 	$(BIN)/mktn demo --output runs/demo

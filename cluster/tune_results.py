@@ -25,7 +25,9 @@ class TrialRow:
 
     trial_id: str
     values: dict[str, Any]
-    metrics: dict[str, float]  # the last validation it reported (percent)
+    # The last validation Tune received (percent). A trial ASHA stopped may have validated one more epoch in its
+    # MLflow run before the stop reached its workers; the row keeps what the scheduler decided on.
+    metrics: dict[str, float]
     epochs: int
     status: str  # finished | stopped (by ASHA) | failed | pending (never started training)
     run_id: str | None
