@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -415,7 +415,8 @@ def _finish(client: MlflowClient, folder: SearchFolder, results: Any, register_a
                               patience_s=patience)  # fmt: skip
             run.status = "stopped"
             run.write()
-    rows = trial_rows(results, runs)
+    rows = [with_final_validation(client, row, patience) if row.status == "finished" else row
+            for row in trial_rows(results, runs)]  # fmt: skip
     table = write_table(rows, list(spec.space), folder.path)
     plot = plot_metric(rows, spec.space, spec.metric, folder.path / "plots" / "search.png")
     for artifact in [*table, plot]:
@@ -432,6 +433,17 @@ def _finish(client: MlflowClient, folder: SearchFolder, results: Any, register_a
             registered = register(str(folder.trial_dir(best.trial_id)), register_as, alias)
     _close(client, folder, "FINISHED")
     return SearchOutcome(folder, rows, best, registered, table, plot)
+
+
+def with_final_validation(client: MlflowClient, row: TrialRow, patience: float) -> TrialRow:
+    """A finished trial's row with the validation of the model it exported (its MLflow run's last). Tune's last
+    result is older when the trial finished before a stop from ASHA reached it; the best trial is chosen, and
+    registered, on what its model scored."""
+    run = tracking.retrying(client.get_run, row.run_id, what="reading a trial's run", patience_s=patience)
+    logged = run.data.metrics
+    keys = {k: f"val/{tracking.mlflow_key(k)}" for k in preflight.METRIC_KEYS}
+    metrics = {k: logged[key] for k, key in keys.items() if key in logged}
+    return replace(row, metrics=metrics or row.metrics, epochs=int(logged.get("epoch", row.epochs)))
 
 
 def _close(client: MlflowClient, folder: SearchFolder, status: str) -> None:

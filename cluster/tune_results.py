@@ -25,8 +25,8 @@ class TrialRow:
 
     trial_id: str
     values: dict[str, Any]
-    # The last validation Tune received (percent). A trial ASHA stopped may have validated one more epoch in its
-    # MLflow run before the stop reached its workers; the row keeps what the scheduler decided on.
+    # Validation in percent: a finished trial's last (its model's); otherwise the last Tune received, what ASHA
+    # decided on (a stopped trial may have validated one more epoch in MLflow before the stop reached it).
     metrics: dict[str, float]
     epochs: int
     status: str  # finished | stopped (by ASHA) | failed | pending (never started training)

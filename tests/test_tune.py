@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from cluster.config import ConfigError, load_config
-from cluster.tune import concurrent_trials, load_search, probe_jobs
+from cluster.tune import concurrent_trials, load_search, probe_jobs, with_final_validation
+from cluster.tune_results import TrialRow, best_trial
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = str(REPO / "configs" / "synthetic.yaml")
@@ -92,3 +94,24 @@ def test_search_level_mistakes_are_refused(tmp_path: Path) -> None:
 )
 def test_concurrent_trials_fit_the_cluster(overrides: list[str], resources: dict, expected: int) -> None:
     assert concurrent_trials(load_config(BASE, overrides), resources) == expected
+
+
+def test_a_finished_trial_is_ranked_on_its_models_validation(tmp_path: Path) -> None:
+    """A trial that finished before ASHA's stop reached it: Tune's last result is epoch 1, its model is epoch 2."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ids = []
+    for r1 in ([10.0, 40.0], [30.0, 35.0]):
+        run_id = client.create_run(client.create_experiment(f"e{len(run_ids)}")).info.run_id
+        for epoch, value in enumerate(r1, start=1):
+            client.log_metric(run_id, "val/R1_IoU0.5", value, step=epoch * 10)
+            client.log_metric(run_id, "epoch", epoch, step=epoch * 10)
+        run_ids.append(run_id)
+    rows = [
+        TrialRow("a", {"train.lr": 1e-3}, {"R1@0.5": 10.0}, 1, "finished", run_ids[0]),  # Tune saw epoch 1 only
+        TrialRow("b", {"train.lr": 2e-3}, {"R1@0.5": 35.0}, 2, "finished", run_ids[1]),
+    ]
+    assert best_trial(rows, "R1@0.5").trial_id == "b"
+    final = [with_final_validation(client, row, patience=5) for row in rows]
+    assert [(r.epochs, r.metrics["R1@0.5"]) for r in final] == [(2, 40.0), (2, 35.0)]
+    assert final[0].values == {"train.lr": 1e-3} and final[0].run_id == run_ids[0]
+    assert best_trial(final, "R1@0.5").trial_id == "a"
