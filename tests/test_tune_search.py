@@ -228,4 +228,4 @@ def test_an_interrupted_search_resumes_with_tuner_restore(tmp_path: Path) -> Non
     assert len(pq.read_table(output / "results.parquet")) == 3
     for child in runs:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/R1_IoU0.5")]
-        assert steps == sorted(set(steps))  # each validation logged once, also across the restart
+        assert len(steps) == len(set(steps))  # each validation logged once, also across the restart
