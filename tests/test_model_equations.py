@@ -1,4 +1,4 @@
-"""Each paper equation pinned on hand-computed or brute-force cases: Eq. 1-5 and RINCE (Eq. 6-8)."""
+"""Each paper equation pinned on hand-computed or brute-force cases: Eq. 1-5, RINCE (Eq. 6-8), the proposal-map L_2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 
 from mktn.apa import APA, frame_block_mask
 from mktn.avm import AVM, negative_videos, self_weight, threshold, video_query_scores
-from mktn.config import APAConfig, AVMConfig, OPMConfig
+from mktn.config import APAConfig, AVMConfig, OPMConfig, ProposalMapConfig
+from mktn.heads.base import HeadOutput
+from mktn.heads.proposal_map import ProposalMapHead
 from mktn.opm import OPM, window_tokens
 from mktn.rince import RINCE
 
@@ -170,3 +172,25 @@ def test_window_tokens_without_patches() -> None:
         [True, True, False],
         [False] * 3,
     ]
+
+
+@pytest.mark.parametrize("bce_scale", [1.0, 10.0])
+def test_proposal_map_loss_is_scaled_bce_on_2d_tan_targets(bce_scale: float) -> None:
+    """L_2 = bce_scale * mean over valid cells [s, e] of BCE(logit, clamp((IoU - 0.5) / 0.5, 0, 1))."""
+    head = ProposalMapHead(ProposalMapConfig(min_iou=0.5, max_iou=1.0, bce_scale=bce_scale), d_model=8)
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 4)
+    clip_mask = torch.tensor([[True, True, True, False]])  # 3 real clips: 6 valid cells
+    truth = (0.5, 2.0)  # clip units
+    expected, cells = 0.0, 0
+    for s in range(3):
+        for e in range(s, 3):
+            inter = max(0.0, min(e + 1, truth[1]) - max(s, truth[0]))
+            iou = inter / (max(e + 1, truth[1]) - min(s, truth[0]))
+            y = min(max((iou - 0.5) / 0.5, 0.0), 1.0)
+            p = torch.sigmoid(logits[0, s, e]).item()
+            expected -= y * math.log(p) + (1 - y) * math.log(1 - p)
+            cells += 1
+    loss = head.loss(HeadOutput(logits, logits), clip_mask, torch.tensor([0]), torch.tensor([1]),
+                     torch.tensor([truth]))  # fmt: skip
+    assert cells == 6 and loss.item() == pytest.approx(bce_scale * expected / cells, rel=1e-5)

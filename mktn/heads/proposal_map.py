@@ -4,8 +4,10 @@ Cell (s, e) of the map holds the max-pooled fused clip features over clips s..e 
 construction, built by one running max per diagonal offset). It is fused with the sentence by a
 Hadamard product and L2-normalised, passed through 2D convolutions (cells outside the valid
 upper triangle are zeroed after every layer so padding never leaks in), and scored by a 1x1 conv.
-    L_2 = BCE(sigmoid(map), y),  y = clamp((IoU - min_iou) / (max_iou - min_iou), 0, 1)   (2D-TAN's scaled IoU)
-over the valid cells, with IoU between the cell [s, e + 1) and the ground truth in clip units.
+    L_2 = bce_scale * BCE(sigmoid(map), y),  y = clamp((IoU - min_iou) / (max_iou - min_iou), 0, 1)
+(2D-TAN's scaled IoU), the BCE averaged over the valid cells, with IoU between the cell [s, e + 1) and the ground
+truth in clip units. `bce_scale` (default 10) brings the mean over ~T^2/2 cells to the span CE's scale, so that
+the weights of Eq. 11 mean the same for both backbones.
 """
 
 from __future__ import annotations
@@ -71,4 +73,4 @@ class ProposalMapHead(GroundingHead):
         valid = moment_mask(clip_mask, self.max_len)
         iou = moment_iou(clip_times, clip_mask.shape[1])
         target = ((iou - self.cfg.min_iou) / (self.cfg.max_iou - self.cfg.min_iou)).clamp(0, 1)
-        return F.binary_cross_entropy_with_logits(out.logits[valid], target[valid])
+        return self.cfg.bce_scale * F.binary_cross_entropy_with_logits(out.logits[valid], target[valid])
