@@ -12,6 +12,8 @@ the weights of Eq. 11 mean the same for both backbones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,8 @@ from torch import Tensor, nn
 from mktn.config import ProposalMapConfig
 from mktn.heads.base import GroundingHead, HeadOutput, moment_mask
 from mktn.layers import mask_logits
+
+POSITIVE_PRIOR = 0.05  # the order of the mean target over valid cells (synthetic Charades-like: 0.028; 10% pass min_iou)
 
 
 def span_max_pool(fused: Tensor) -> Tensor:
@@ -56,6 +60,9 @@ class ProposalMapHead(GroundingHead):
             for _ in range(cfg.conv_layers)
         )
         self.score = nn.Conv2d(d_model, 1, 1)
+        # Prior init (RetinaNet, Lin et al. 2017): every cell starts at P(positive) = POSITIVE_PRIOR, not 0.5, so the
+        # first steps do not push all logits, and the ReLU maps under them, down to a constant (dead) map.
+        nn.init.constant_(self.score.bias, math.log(POSITIVE_PRIOR / (1 - POSITIVE_PRIOR)))
 
     def forward(self, fused: Tensor, clip_mask: Tensor, sentence: Tensor) -> HeadOutput:
         valid = moment_mask(clip_mask, self.max_len)
