@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import tempfile
 import time
 import warnings
@@ -35,6 +36,14 @@ from cluster.validation import validate
 from data_pipeline.loader import BatchStream, iter_batches
 from data_pipeline.text import Vocab
 from mktn.model import build_model
+
+
+def say(message: str) -> None:
+    """Write one progress line to the worker's stdout, which Ray streams to the driver and to `ray job logs`.
+
+    Ray Train v2 replaces `print` in workers by one that logs the line *and*, when `sys.stdout` is wrapped (as
+    it is here), prints it too, so every line came out twice; the real stream gets it once."""
+    print(message, file=sys.__stdout__, flush=True)
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -69,9 +78,9 @@ def train_worker(config: dict[str, Any]) -> None:
         peak = _gather_peak_memory_mb(device, world)
         if rank == 0:
             plan.sink.log.remote([_epoch_record(state, metrics, peak)])
-            print(f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
-                  f"R1@0.5 {metrics['R1@0.5']:.1f} R5@0.5 {metrics['R5@0.5']:.1f} mIoU {metrics['mIoU']:.1f}; "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+            say(f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
+                f"R1@0.5 {metrics['R1@0.5']:.1f} R5@0.5 {metrics['R5@0.5']:.1f} mIoU {metrics['mIoU']:.1f}; "
+                f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         _report(engine, plan, state, rank, predictions)
 
 
@@ -146,7 +155,7 @@ def _report_corrupt_samples(
     """Each rank prints the samples it skipped this epoch; rank 0 logs the sum over ranks to MLflow as
     `data/corrupt_samples` at the epoch's last step (0 included, so a clean run shows it was checked)."""
     for message in stream.corrupt_messages:
-        print(f"rank {rank}, epoch {epoch + 1}: skipped a corrupt sample: {message}", flush=True)
+        say(f"rank {rank}, epoch {epoch + 1}: skipped a corrupt sample: {message}")
     total = torch.tensor([float(stream.corrupt_samples)], device=device)
     if dist.is_initialized():
         dist.all_reduce(total)

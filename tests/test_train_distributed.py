@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,8 +67,14 @@ def test_a_corrupt_sample_is_skipped_counted_and_logged(zero3: Path) -> None:
     key = (zero3.parent / "broken").read_text()
     assert MlflowRun(zero3).values("data/corrupt_samples") == [1.0, 1.0, 1.0]  # once in each of the 3 epochs
     log = (zero3.parent / "train.log").read_text()
-    skipped = {line[line.index("rank ") :] for line in log.splitlines() if "skipped a corrupt sample" in line}
-    assert len(skipped) == 3 and all(key in line for line in skipped), skipped  # one line per epoch
+    skipped = [line[line.index("rank ") :] for line in log.splitlines() if "skipped a corrupt sample" in line]
+    assert len(skipped) == 3 and all(key in line for line in skipped), skipped  # one line per epoch, printed once
+
+
+def test_each_epoch_prints_one_progress_line(reference: Path) -> None:
+    log = (reference.parent / "train.log").read_text()
+    epochs = [re.search(r"epoch (\d+)/3 \(step", line) for line in log.splitlines()]
+    assert [m.group(1) for m in epochs if m] == ["1", "2", "3"]  # Ray Train's print patch once doubled them
 
 
 def _last_step(output: Path, epoch: int | None = None) -> int:
