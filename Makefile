@@ -35,7 +35,7 @@ test: setup          ## the default suite (CI runs this)
 test-slow: setup     ## multi-node, object-store and soak suites
 	$(BIN)/python -m pytest -q -m slow
 
-bench: setup         ## every benchmark, full size (~20 min on 2 cores)
+bench: setup         ## every benchmark, full size (8-17 min on 2 cores)
 	$(BIN)/python -m bench.run_all
 
 bench-quick: setup
