@@ -31,7 +31,7 @@ from mlflow.types import ParamSchema, ParamSpec
 from cluster import checkpoint, tracking
 from cluster.model_source import ModelSource, open_model
 from cluster.preflight import METRIC_KEYS
-from cluster.pyfunc_model import MODEL_ARTIFACT, inference_settings
+from cluster.pyfunc_model import INFERENCE_SETTINGS, MODEL_ARTIFACT, inference_settings
 from mktn.export import save_model
 
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
@@ -118,7 +118,8 @@ def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[
         tags |= {"run_id": found.run_id} | {k: run.data.tags[k] for k in RUN_TAGS if k in run.data.tags}
         metrics = {k: run.data.metrics[f"val/{tracking.mlflow_key(k)}"] for k in METRIC_KEYS
                    if f"val/{tracking.mlflow_key(k)}" in run.data.metrics}  # fmt: skip
-        config = dict(sorted(run.data.params.items()))
+        # MLflow logs a pyfunc's model_config into the run as params: an earlier registration's are not config
+        config = {k: v for k, v in sorted(run.data.params.items()) if k not in INFERENCE_SETTINGS}
     state_file = Path(source) / checkpoint.STATE_FILE
     if state_file.is_file():  # a checkpoint: its own validation, not the run's last one
         metrics = {k: v for k, v in checkpoint.TrainState.read(source).metrics.items() if k in METRIC_KEYS}

@@ -130,3 +130,24 @@ def test_train_register_flag_registers_the_run(tmp_path: Path) -> None:
     version = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("mktn-train-flag", "champion")
     assert version.run_id == json.loads((out / "run.json").read_text())["run_id"]
     assert "registered mktn-train-flag version 1 (alias champion)" in (tmp_path / "train.log").read_text()
+
+
+def test_the_config_tag_is_the_training_runs_config_on_every_version(
+    registered: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow logs a pyfunc's model_config into the run it is logged in as params; a second version registered
+    from the same training run must still carry exactly the job's config, not those extra params."""
+    from cluster import registry, tracking
+    from cluster.config import load_config
+    from cluster.model_source import ModelSource
+    from data_pipeline.config import DataConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = load_config(None, ["data.train=/d/train", "data.val=/d/val"])
+    run_id = tracking.open_run(MlflowClient(uri), job, str(tmp_path), {}, patience_s=5)
+    found = ModelSource(registered["model"], uri, run_id, DataConfig(max_words=7))
+    monkeypatch.setattr(registry, "open_model", lambda source: found)  # a run folder of that run, without training
+    versions = [registry.register("folder", "mktn-run", "champion") for _ in range(2)]
+    assert {"max_words", "max_queries_per_batch"} <= set(MlflowClient(uri).get_run(run_id).data.params)
+    expected = {k: str(v) for k, v in job.flat().items()}
+    assert [json.loads(v.tags["config"]) for v in versions] == [expected, expected]
