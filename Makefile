@@ -41,8 +41,9 @@ bench: setup         ## every benchmark, full size (8-17 min on 2 cores)
 bench-quick: setup
 	$(BIN)/python -m bench.run_all --quick
 
-lint: setup
+lint: setup          ## lint and format check (CI runs it too)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf runs out bench/results

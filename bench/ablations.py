@@ -62,8 +62,19 @@ def learning_run(
         cfg, synthetic_vocab(train), shape[-1], shape[1] if len(shape) == 3 else 1, job.data.max_clips
     )
     t = job.train
-    return fit(model, train, val, epochs, t.lr, job.data.max_videos_per_batch, job.data.max_queries_per_batch,
-               weight_decay=t.weight_decay, warmup_frac=t.warmup_frac, grad_clip=t.grad_clip, seed=seed)  # fmt: skip
+    return fit(
+        model,
+        train,
+        val,
+        epochs,
+        t.lr,
+        job.data.max_videos_per_batch,
+        job.data.max_queries_per_batch,
+        weight_decay=t.weight_decay,
+        warmup_frac=t.warmup_frac,
+        grad_clip=t.grad_clip,
+        seed=seed,
+    )
 
 
 def plot(report: Report) -> Figure:
@@ -81,8 +92,12 @@ def plot(report: Report) -> Figure:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(NAME, __doc__)
-    p.add_argument("--backbone", choices=("span", "proposal_map", "both"), default="span",
-                   help="grounding backbone(s) to ablate (default span)")  # fmt: skip
+    p.add_argument(
+        "--backbone",
+        choices=("span", "proposal_map", "both"),
+        default="span",
+        help="grounding backbone(s) to ablate (default span)",
+    )
     p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
     args = parse(p, argv)
     job = load_config(str(CONFIG))
@@ -95,19 +110,25 @@ def main(argv: list[str] | None = None) -> int:
             started = time.process_time()
             result = learning_run(job, {"backbone": backbone} | overrides, data, epochs, args.seed)
             cpu = time.process_time() - started
-            rows.append({"backbone": backbone, "variant": variant} | {m: result.metrics[m] for m in METRICS}
-                        | {"final loss": result.final_loss, "wall s": result.seconds, "CPU s": cpu})  # fmt: skip
+            rows.append(
+                {"backbone": backbone, "variant": variant}
+                | {m: result.metrics[m] for m in METRICS}
+                | {"final loss": result.final_loss, "wall s": result.seconds, "CPU s": cpu}
+            )
             print(
                 f"{backbone} {variant}: R1@0.5 {result.metrics['R1@0.5']:.1f} ({result.seconds:.0f} s)",
                 flush=True,
             )
             report.metrics |= {f"{backbone}/{variant}/{m}": result.metrics[m] for m in METRICS}
     n_train, n_val = len(data[0]), len(data[1])
-    report.tables.append(Table(
-        f"Held-out grounding after {epochs} epochs ({n_train} train / {n_val} val videos, seed {args.seed})", rows,
-        note="Same data, seed and config for every row; w/o X switches the module off in multi-pair mode; "
-             "single-pair is the backbone alone, every pair on its own copy of its video.",
-    ))  # fmt: skip
+    report.tables.append(
+        Table(
+            f"Held-out grounding after {epochs} epochs ({n_train} train / {n_val} val videos, seed {args.seed})",
+            rows,
+            note="Same data, seed and config for every row; w/o X switches the module off in multi-pair mode; "
+            "single-pair is the backbone alone, every pair on its own copy of its video.",
+        )
+    )
     report.data = {"config": job.model.model_dump(mode="json"), "epochs": epochs, "rows": rows}
     publish(report, args.results, plot)
     return 0

@@ -51,11 +51,21 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="a small, fast run (what CI runs) instead of the full one"
     )
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch threads of the benchmark process (default 1, what a training worker uses: "
-                   "cluster.cpus_per_worker=1; on a busy machine more threads make every timing erratic)")  # fmt: skip
-    p.add_argument("--results", type=Path, default=RESULTS_DIR, metavar="DIR",
-                   help=f"output folder (default {RESULTS_DIR.relative_to(REPO_ROOT)})")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads of the benchmark process (default 1, what a training worker uses: "
+        "cluster.cpus_per_worker=1; on a busy machine more threads make every timing erratic)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help=f"output folder (default {RESULTS_DIR.relative_to(REPO_ROOT)})",
+    )
     return p
 
 
@@ -170,8 +180,13 @@ class Target:
         return self.value <= self.goal if self.lower_is_better else self.value >= self.goal
 
     def row(self) -> dict[str, Any]:
-        return {"target": self.name, "measured": self.value, "goal": f"{'<=' if self.lower_is_better else '>='} "
-                f"{fmt(float(self.goal))}", "met": "yes" if self.met else "NO", "note": self.note}  # fmt: skip
+        return {
+            "target": self.name,
+            "measured": self.value,
+            "goal": f"{'<=' if self.lower_is_better else '>='} {fmt(float(self.goal))}",
+            "met": "yes" if self.met else "NO",
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -190,10 +205,12 @@ class Report:
 
     def markdown(self) -> str:
         m = self.machine
-        header = (f"### bench.{self.name}{' (--quick)' if self.quick else ''}\n\n"
-                  f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['versions']['torch']} "
-                  f"({m['torch_threads']} threads), load average at start {m['load_avg_1_5_15']}, "
-                  f"commit {m['git_commit'][:12]}\n")  # fmt: skip
+        header = (
+            f"### bench.{self.name}{' (--quick)' if self.quick else ''}\n\n"
+            f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['versions']['torch']} "
+            f"({m['torch_threads']} threads), load average at start {m['load_avg_1_5_15']}, "
+            f"commit {m['git_commit'][:12]}\n"
+        )
         parts = [header, *(t.markdown() for t in self.tables)]
         if self.targets:
             parts.append(Table("Targets", [t.row() for t in self.targets]).markdown())
@@ -256,22 +273,35 @@ def _log_mlflow(report: Report, results: Path, seconds: float, files: list[Path]
     else:
         experiment_id = experiment.experiment_id
     m = report.machine
-    tags = {"bench": report.name, "quick": str(report.quick), "git_commit": m["git_commit"],
-            "mlflow.source.git.commit": m["git_commit"]}  # fmt: skip
+    tags = {
+        "bench": report.name,
+        "quick": str(report.quick),
+        "git_commit": m["git_commit"],
+        "mlflow.source.git.commit": m["git_commit"],
+    }
     run = client.create_run(
         experiment_id, run_name=report.name + ("-quick" if report.quick else ""), tags=tags
     )
-    params = {"cpu": m["cpu"], "cores": m["cores"], "memory_gib": m["memory_gib"], "torch_threads": m["torch_threads"],
-              "load_avg_start": m["load_avg_1_5_15"], "load_avg_end": m["load_avg_1_5_15_at_end"],
-              **{f"version.{k}": v for k, v in m["versions"].items()}}  # fmt: skip
+    params = {
+        "cpu": m["cpu"],
+        "cores": m["cores"],
+        "memory_gib": m["memory_gib"],
+        "torch_threads": m["torch_threads"],
+        "load_avg_start": m["load_avg_1_5_15"],
+        "load_avg_end": m["load_avg_1_5_15_at_end"],
+        **{f"version.{k}": v for k, v in m["versions"].items()},
+    }
     stamp = int(time.time() * 1000)
     metrics = {**report.metrics, "seconds": seconds}
     metrics |= {f"target/{t.name}/met": float(t.met) for t in report.targets}
     rows = [
         Metric(_metric_name(k), float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(float(v))
     ]
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                     tags=[RunTag("targets_met", f"{sum(t.met for t in report.targets)}/{len(report.targets)}")])  # fmt: skip
+    client.log_batch(
+        run.info.run_id,
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag("targets_met", f"{sum(t.met for t in report.targets)}/{len(report.targets)}")],
+    )
     for i in range(0, len(rows), MLFLOW_BATCH):
         client.log_batch(run.info.run_id, metrics=rows[i : i + MLFLOW_BATCH])
     for path in files:

@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     job = load_config(str(CONFIG), overrides)
     groups = generate(12 if args.quick else 64, seed=0, query_mix="charades")
     vocab = synthetic_vocab(groups)
-    batches = [collate(c, vocab, job.data.max_clips) for c in
-               budget_batches(groups, job.data.max_queries_per_batch, job.data.max_videos_per_batch)]  # fmt: skip
+    batches = [
+        collate(c, vocab, job.data.max_clips)
+        for c in budget_batches(groups, job.data.max_queries_per_batch, job.data.max_videos_per_batch)
+    ]
     shape = groups[0].features.shape
     size = 256 if args.quick else 2048
     peak_call, peak_flops = matmul(size, size, size)
@@ -94,18 +96,33 @@ def main(argv: list[str] | None = None) -> int:
     seconds = interleaved(calls, rounds=2 if args.quick else 7, warmup=1)
     rate = {name: flops[name] / median(seconds[name]) for name in calls}
     peak = rate["peak"]
-    report.tables.append(Table(
-        f"Training step FLOP/s (Charades-like batch: {batches[0].num_videos} videos, {batches[0].num_queries} queries, "
-        f"{job.data.max_clips} clips, d_model {job.model.d_model}) against a {size}x{size} fp32 matmul",
-        [{"what": name, "GFLOP": flops[name] / 1e9, "median s": median(seconds[name]),
-          "GFLOP/s": rate[name] / 1e9, "% of matmul peak (MFU)": 100 * rate[name] / peak} for name in calls],
-    ))  # fmt: skip
+    report.tables.append(
+        Table(
+            f"Training step FLOP/s (Charades-like batch: {batches[0].num_videos} videos, {batches[0].num_queries} queries, "
+            f"{job.data.max_clips} clips, d_model {job.model.d_model}) against a {size}x{size} fp32 matmul",
+            [
+                {
+                    "what": name,
+                    "GFLOP": flops[name] / 1e9,
+                    "median s": median(seconds[name]),
+                    "GFLOP/s": rate[name] / 1e9,
+                    "% of matmul peak (MFU)": 100 * rate[name] / peak,
+                }
+                for name in calls
+            ],
+        )
+    )
     for backbone in BACKBONES:
         total = sum(modules[backbone].values()) or 1
-        report.tables.append(Table(f"{backbone}: forward FLOPs by module", [
-            {"module": name, "GFLOP": count / 1e9, "share %": 100 * count / total}
-            for name, count in sorted(modules[backbone].items(), key=lambda kv: -kv[1])
-        ]))  # fmt: skip
+        report.tables.append(
+            Table(
+                f"{backbone}: forward FLOPs by module",
+                [
+                    {"module": name, "GFLOP": count / 1e9, "share %": 100 * count / total}
+                    for name, count in sorted(modules[backbone].items(), key=lambda kv: -kv[1])
+                ],
+            )
+        )
     report.metrics |= {f"{name}/gflops_per_s": r / 1e9 for name, r in rate.items()}
     report.metrics |= {f"{b}/mfu_pct": 100 * rate[b] / peak for b in BACKBONES}
     report.data |= {"flops": flops, "seconds": seconds, "modules": modules}

@@ -81,8 +81,12 @@ class Setup:
 
     def job(self, quick: bool) -> JobConfig:
         """configs/synthetic.yaml with this mix's clips and batch budgets (and the tiny model when `quick`)."""
-        overrides = [f"data.max_clips={self.max_clips}", f"data.max_queries_per_batch={self.max_queries}",
-                     f"data.max_videos_per_batch={self.max_videos}", *(QUICK_MODEL if quick else [])]  # fmt: skip
+        overrides = [
+            f"data.max_clips={self.max_clips}",
+            f"data.max_queries_per_batch={self.max_queries}",
+            f"data.max_videos_per_batch={self.max_videos}",
+            *(QUICK_MODEL if quick else []),
+        ]
         return load_config(str(CONFIG), overrides)
 
 
@@ -191,25 +195,36 @@ def run_cell(backbone: str, mix: str, setup: Setup, job: JobConfig, profiles: Pa
     for c in contenders.values():
         for batch in {id(b): b for b in map(pick, range(warmup + setup.rounds))}.values():
             c.encode_once(batch)
-    split_calls = {f"{part}:{v}": _bind(getattr(c, f"{part}_step"), pick)
-                   for v, c in contenders.items() for part in ("encode", "ground")}  # fmt: skip
+    split_calls = {
+        f"{part}:{v}": _bind(getattr(c, f"{part}_step"), pick)
+        for v, c in contenders.items()
+        for part in ("encode", "ground")
+    }
     split_t = interleaved(split_calls, setup.rounds, warmup)
 
-    cell: dict[str, Any] = {"backbone": backbone, "mix": mix, "k": float(queries.sum() / videos.sum()),
-                            "k_nominal": MIXES[mix].mean_queries, "setup": setup.__dict__, "variants": {}}  # fmt: skip
+    cell: dict[str, Any] = {
+        "backbone": backbone,
+        "mix": mix,
+        "k": float(queries.sum() / videos.sum()),
+        "k_nominal": MIXES[mix].mean_queries,
+        "setup": setup.__dict__,
+        "variants": {},
+    }
     for v, c in contenders.items():
         train_s, infer_s = np.array(train_t[v]), np.array(infer_t[v])
         encoded = np.array([c.encoded_videos(b) for b in kept], dtype=float)
         cell["variants"][v] = {
-            "train_qps": median(queries / train_s), "train_vps": median(videos / train_s),
-            "infer_qps": median(queries / infer_s), "infer_vps": median(videos / infer_s),
+            "train_qps": median(queries / train_s),
+            "train_vps": median(videos / train_s),
+            "infer_qps": median(queries / infer_s),
+            "infer_vps": median(videos / infer_s),
             "train_ratio": median(np.array(train_t[BASELINE]) / train_s),
             "infer_ratio": median(np.array(infer_t[BASELINE]) / infer_s),
             "E_ms_per_video": 1e3 * median(np.array(split_t[f"encode:{v}"]) / encoded),
             "F_ms_per_query": 1e3 * median(np.array(split_t[f"ground:{v}"]) / queries),
             "train_peak_mib": peak_memory_bytes(lambda c=c: c.train_step(kept[0])) / MIB,
             "infer_peak_mib": peak_memory_bytes(lambda c=c: c.infer(kept[0])) / MIB,
-        }  # fmt: skip
+        }
     base_cost = cell["variants"][BASELINE]
     e, f, k = base_cost["E_ms_per_video"], base_cost["F_ms_per_query"], cell["k"]
     cell["ideal"] = k * (e + f) / (e + k * f)
@@ -224,8 +239,11 @@ def run_cell(backbone: str, mix: str, setup: Setup, job: JobConfig, profiles: Pa
     for v in TRAINED if (backbone, mix) in ACCURACY_CELLS else ():
         result = learning_run(job, {"backbone": backbone} | VARIANTS[v], (train, val), setup.epochs)
         steps = setup.epochs * len(batches)
-        cell["accuracy"][v] = result.metrics | {"steps": steps, "train_seconds": result.seconds,
-                                                "final_loss": result.final_loss}  # fmt: skip
+        cell["accuracy"][v] = result.metrics | {
+            "steps": steps,
+            "train_seconds": result.seconds,
+            "final_loss": result.final_loss,
+        }
     return cell
 
 
@@ -248,45 +266,86 @@ def fill_report(report: Report, cells: list[dict[str, Any]]) -> None:
     for cell in cells:
         key = {"backbone": cell["backbone"], "mix": cell["mix"]}
         var = cell["variants"]
-        throughput.append(key | {"k": cell["k"]} | {f"{v} QPS": var[v]["train_qps"] for v in VARIANTS}
-                          | {f"{v} VPS": var[v]["train_vps"] for v in VARIANTS}
-                          | {f"{v}/single-pair": var[v]["train_ratio"] for v in VARIANTS if v != BASELINE})  # fmt: skip
-        split.append(key | {
-            "k": cell["k"], "E ms/video": var[BASELINE]["E_ms_per_video"], "F ms/query": var[BASELINE]["F_ms_per_query"],
-            "MKTN F ms/query": var[METHOD]["F_ms_per_query"], "ideal k(E+F)/(E+kF)": cell["ideal"],
-            "encode-once measured": var["encode-once"]["train_ratio"],
-            "encode-once % of ideal": 100 * var["encode-once"]["train_ratio"] / cell["ideal"],
-            "MKTN measured": var[METHOD]["train_ratio"], "MKTN % of ideal": 100 * var[METHOD]["train_ratio"] / cell["ideal"],
-        })  # fmt: skip
-        inference.append(key | {f"{v} QPS": var[v]["infer_qps"] for v in VARIANTS}
-                         | {f"{v} VPS": var[v]["infer_vps"] for v in VARIANTS}
-                         | {f"{v}/single-pair": var[v]["infer_ratio"] for v in VARIANTS if v != BASELINE})  # fmt: skip
-        memory.append(key | {f"{v} train": var[v]["train_peak_mib"] for v in VARIANTS}
-                      | {f"{v} inference": var[v]["infer_peak_mib"] for v in VARIANTS})  # fmt: skip
+        throughput.append(
+            key
+            | {"k": cell["k"]}
+            | {f"{v} QPS": var[v]["train_qps"] for v in VARIANTS}
+            | {f"{v} VPS": var[v]["train_vps"] for v in VARIANTS}
+            | {f"{v}/single-pair": var[v]["train_ratio"] for v in VARIANTS if v != BASELINE}
+        )
+        split.append(
+            key
+            | {
+                "k": cell["k"],
+                "E ms/video": var[BASELINE]["E_ms_per_video"],
+                "F ms/query": var[BASELINE]["F_ms_per_query"],
+                "MKTN F ms/query": var[METHOD]["F_ms_per_query"],
+                "ideal k(E+F)/(E+kF)": cell["ideal"],
+                "encode-once measured": var["encode-once"]["train_ratio"],
+                "encode-once % of ideal": 100 * var["encode-once"]["train_ratio"] / cell["ideal"],
+                "MKTN measured": var[METHOD]["train_ratio"],
+                "MKTN % of ideal": 100 * var[METHOD]["train_ratio"] / cell["ideal"],
+            }
+        )
+        inference.append(
+            key
+            | {f"{v} QPS": var[v]["infer_qps"] for v in VARIANTS}
+            | {f"{v} VPS": var[v]["infer_vps"] for v in VARIANTS}
+            | {f"{v}/single-pair": var[v]["infer_ratio"] for v in VARIANTS if v != BASELINE}
+        )
+        memory.append(
+            key
+            | {f"{v} train": var[v]["train_peak_mib"] for v in VARIANTS}
+            | {f"{v} inference": var[v]["infer_peak_mib"] for v in VARIANTS}
+        )
         for v, acc in cell["accuracy"].items():
-            accuracy.append(key | {"variant": v, "steps": acc["steps"], "R1@0.5": acc["R1@0.5"], "R1@0.7": acc["R1@0.7"],
-                                   "R5@0.5": acc["R5@0.5"], "mIoU": acc["mIoU"], "final loss": acc["final_loss"]})  # fmt: skip
+            accuracy.append(
+                key
+                | {
+                    "variant": v,
+                    "steps": acc["steps"],
+                    "R1@0.5": acc["R1@0.5"],
+                    "R1@0.7": acc["R1@0.7"],
+                    "R5@0.5": acc["R5@0.5"],
+                    "mIoU": acc["mIoU"],
+                    "final loss": acc["final_loss"],
+                }
+            )
         for name, value in _flat(cell).items():
             report.metrics[f"{cell['backbone']}/{cell['mix']}/{name}"] = value
     report.tables += [
-        Table("Training throughput (queries/s, videos/s; ratios are medians of paired per-batch ratios)", throughput),
-        Table("Cost split of a training step (baseline E per encoded video, F per query; ms) and the ideal ratio",
-              split, note="E = `MKTN.encode_videos`, F = `MKTN.ground` (text, fusion, head, losses; in MKTN also "
-              "CSM/AVM/OPM/APA), each forward + backward, timed separately and interleaved."),
+        Table(
+            "Training throughput (queries/s, videos/s; ratios are medians of paired per-batch ratios)",
+            throughput,
+        ),
+        Table(
+            "Cost split of a training step (baseline E per encoded video, F per query; ms) and the ideal ratio",
+            split,
+            note="E = `MKTN.encode_videos`, F = `MKTN.ground` (text, fusion, head, losses; in MKTN also "
+            "CSM/AVM/OPM/APA), each forward + backward, timed separately and interleaved.",
+        ),
         Table("Inference throughput (ground + top-5 decode, no gradient)", inference),
         Table("Peak tensor memory of one step above the resident model and optimizer (MiB)", memory),
         Table("Accuracy on held-out synthetic videos after the same step budget (percent)", accuracy),
-    ]  # fmt: skip
+    ]
     for cell in cells:
         for v, prof in cell.get("profiles", {}).items():
-            report.tables.append(Table(f"Where a {v} training step goes: {cell['backbone']}, {cell['mix']} "
-                                       f"(torch.profiler; op table in {Path(prof['op_table']).name})",
-                                       prof["components"]))  # fmt: skip
+            report.tables.append(
+                Table(
+                    f"Where a {v} training step goes: {cell['backbone']}, {cell['mix']} "
+                    f"(torch.profiler; op table in {Path(prof['op_table']).name})",
+                    prof["components"],
+                )
+            )
     report.tables += [
-        Table(f"What F could give: the ideal ratio if one per-query component of the {BASELINE} step ran once per "
-              f"video instead ({cell['backbone']}, {cell['mix']}, k={cell['k']:.1f}; shares from its profile)",
-              what_if(cell)) for cell in cells if "profiles" in cell
-    ]  # fmt: skip
+        Table(
+            f"What F could give: the ideal ratio if one per-query component of the {BASELINE} step ran once per "
+            f"video instead ({cell['backbone']}, {cell['mix']}, k={cell['k']:.1f}; shares from its profile)",
+            what_if(cell),
+        )
+        for cell in cells
+        if "profiles" in cell
+    ]
     report.targets += _targets([c for c in cells if c["backbone"] == "span"])
 
 
@@ -303,11 +362,18 @@ def what_if(cell: dict[str, Any]) -> list[dict[str, Any]]:
     f = sum(ms.values()) or 1.0
     ideal = lambda e_, f_: k * (e_ + f_) / (e_ + k * f_)  # noqa: E731 - the issue's formula
     rows = [{"moved to per-video": "nothing (as built)", "share of F %": 0.0, "ideal ratio": ideal(e, f)}]
-    rows += [{"moved to per-video": name, "share of F %": 100 * t / f, "ideal ratio": ideal(e + t, f - t)}
-             for name, t in sorted(ms.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    rows += [
+        {"moved to per-video": name, "share of F %": 100 * t / f, "ideal ratio": ideal(e + t, f - t)}
+        for name, t in sorted(ms.items(), key=lambda kv: -kv[1])
+    ]
     late = ms.get("fusion", 0.0) + ms.get("head", 0.0)
-    rows.append({"moved to per-video": "fusion + head (late interaction: only text and scoring per query)",
-                 "share of F %": 100 * late / f, "ideal ratio": ideal(e + late, f - late)})  # fmt: skip
+    rows.append(
+        {
+            "moved to per-video": "fusion + head (late interaction: only text and scoring per query)",
+            "share of F %": 100 * late / f,
+            "ideal ratio": ideal(e + late, f - late),
+        }
+    )
     return rows
 
 
@@ -317,15 +383,33 @@ def _targets(cells: list[dict[str, Any]]) -> list[Target]:
         mix, var, ideal = cell["mix"], cell["variants"], cell["ideal"]
         acc = cell["accuracy"]
         out += [
-            Target(f"span {mix}: MKTN/single-pair train QPS", var[METHOD]["train_ratio"], RATIO_GOAL[mix],
-                   note=f"k={cell['k']:.1f}, ideal {ideal:.2f}"),
-            Target(f"span {mix}: MKTN train ratio, % of ideal", 100 * var[METHOD]["train_ratio"] / ideal, IDEAL_SHARE_GOAL),
-            Target(f"span {mix}: encode-once train ratio, % of ideal", 100 * var["encode-once"]["train_ratio"] / ideal,
-                   IDEAL_SHARE_GOAL, note="multi-pair batching alone, same modules as the baseline"),
-            Target(f"span {mix}: MKTN/single-pair inference VPS", var[METHOD]["infer_ratio"], RATIO_GOAL[mix]),
-            Target(f"span {mix}: R1@0.5 MKTN minus single-pair (points)", acc[METHOD]["R1@0.5"] - acc[BASELINE]["R1@0.5"],
-                   0.0, note=f"after {acc[METHOD]['steps']} steps"),
-        ]  # fmt: skip
+            Target(
+                f"span {mix}: MKTN/single-pair train QPS",
+                var[METHOD]["train_ratio"],
+                RATIO_GOAL[mix],
+                note=f"k={cell['k']:.1f}, ideal {ideal:.2f}",
+            ),
+            Target(
+                f"span {mix}: MKTN train ratio, % of ideal",
+                100 * var[METHOD]["train_ratio"] / ideal,
+                IDEAL_SHARE_GOAL,
+            ),
+            Target(
+                f"span {mix}: encode-once train ratio, % of ideal",
+                100 * var["encode-once"]["train_ratio"] / ideal,
+                IDEAL_SHARE_GOAL,
+                note="multi-pair batching alone, same modules as the baseline",
+            ),
+            Target(
+                f"span {mix}: MKTN/single-pair inference VPS", var[METHOD]["infer_ratio"], RATIO_GOAL[mix]
+            ),
+            Target(
+                f"span {mix}: R1@0.5 MKTN minus single-pair (points)",
+                acc[METHOD]["R1@0.5"] - acc[BASELINE]["R1@0.5"],
+                0.0,
+                note=f"after {acc[METHOD]['steps']} steps",
+            ),
+        ]
     return out
 
 

@@ -63,15 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     job = load_config(str(CONFIG))
     videos, rounds, steps = (24, 1, 3) if args.quick else (600, 3, 40)
     with tempfile.TemporaryDirectory(prefix="mktn-bench-pipeline-") as tmp:
-        prepare_synthetic(tmp, videos=videos, val_videos=0, mix="charades", shard_size_mb=0.25 if args.quick else 2.0,
-                          progress=False)  # fmt: skip
+        prepare_synthetic(
+            tmp,
+            videos=videos,
+            val_videos=0,
+            mix="charades",
+            shard_size_mb=0.25 if args.quick else 2.0,
+            progress=False,
+        )
         url = f"{tmp}/train"
         urls, vocab, info = shard_urls(url), Vocab.load(f"{url}/vocab.json"), read_dataset_info(url)
         shard_mb = sum(read_shard_table(url).column("bytes").to_pylist()) / 1e6
         configs = {w: job.data.model_copy(update={"loader_workers": w}) for w in WORKERS}
         reads: dict[int, list[dict[str, float]]] = {w: [] for w in WORKERS}
-        interleaved({f"{w} workers": (lambda r, w=w: reads[w].append(read_epoch(urls, vocab, configs[w]))) for w in WORKERS},
-                    rounds, warmup=0)  # fmt: skip
+        interleaved(
+            {
+                f"{w} workers": (lambda r, w=w: reads[w].append(read_epoch(urls, vocab, configs[w])))
+                for w in WORKERS
+            },
+            rounds,
+            warmup=0,
+        )
         model = build_model(
             job.model, vocab, info["feature_dim"], info["tokens_per_clip"], job.data.max_clips
         )
@@ -89,32 +101,61 @@ def main(argv: list[str] | None = None) -> int:
         queries = np.array([b.num_queries for b in batches[1:]], dtype=float)
         consumed_qps = median(queries / np.array(step_s))
         waits = {w: data_wait(urls, vocab, configs[w], train_step, steps) for w in WORKERS}
-        inline = {w: data_wait(urls, vocab, configs[w].model_copy(update={"prefetch_batches": 0}), train_step, steps)
-                  for w in WORKERS}  # fmt: skip
+        inline = {
+            w: data_wait(
+                urls, vocab, configs[w].model_copy(update={"prefetch_batches": 0}), train_step, steps
+            )
+            for w in WORKERS
+        }
     loader = {w: {key: median([r[key] for r in reads[w]]) for key in reads[w][0]} for w in WORKERS}
     rows = []
     for w in WORKERS:
         m = loader[w]
-        rows.append({"loader workers": w, "first batch s": m["first_batch_s"], "videos/s": m["videos"] / m["seconds"],
-                     "queries/s": m["queries"] / m["seconds"], "shard MB/s": shard_mb / m["seconds"],
-                     "x trainer consumption": m["queries"] / m["seconds"] / consumed_qps,
-                     "data wait % (no prefetch)": 100 * inline[w],
-                     "data wait % (train loop)": 100 * waits[w]})  # fmt: skip
+        rows.append(
+            {
+                "loader workers": w,
+                "first batch s": m["first_batch_s"],
+                "videos/s": m["videos"] / m["seconds"],
+                "queries/s": m["queries"] / m["seconds"],
+                "shard MB/s": shard_mb / m["seconds"],
+                "x trainer consumption": m["queries"] / m["seconds"] / consumed_qps,
+                "data wait % (no prefetch)": 100 * inline[w],
+                "data wait % (train loop)": 100 * waits[w],
+            }
+        )
     report.tables += [
-        Table(f"Loader throughput, one epoch of {videos} videos ({shard_mb:.1f} MB in {len(urls)} shards), median of "
-              f"{rounds}", rows,
-              note=f"data wait: {steps} steps of the training loop; 'train loop' as configured (a prefetch thread, "
-                   f"data.prefetch_batches={job.data.prefetch_batches}), 'no prefetch' decoding in the loop."),
-        Table("Trainer consumption (default model, forward + backward + AdamW, one process)",
-              [{"queries/s": consumed_qps, "median step s": median(step_s), "steps": len(step_s),
-                "queries/batch": float(queries.mean())}]),
-    ]  # fmt: skip
+        Table(
+            f"Loader throughput, one epoch of {videos} videos ({shard_mb:.1f} MB in {len(urls)} shards), median of "
+            f"{rounds}",
+            rows,
+            note=f"data wait: {steps} steps of the training loop; 'train loop' as configured (a prefetch thread, "
+            f"data.prefetch_batches={job.data.prefetch_batches}), 'no prefetch' decoding in the loop.",
+        ),
+        Table(
+            "Trainer consumption (default model, forward + backward + AdamW, one process)",
+            [
+                {
+                    "queries/s": consumed_qps,
+                    "median step s": median(step_s),
+                    "steps": len(step_s),
+                    "queries/batch": float(queries.mean()),
+                }
+            ],
+        ),
+    ]
     best = max(rows, key=lambda r: r["x trainer consumption"])
     report.targets += [
         Target(f"loader ({w} workers) / trainer consumption", row["x trainer consumption"], HEADROOM_GOAL)
         for w, row in zip(WORKERS, rows)
-    ] + [Target(f"data wait ({w} workers), % of train loop", row["data wait % (train loop)"], WAIT_GOAL_PCT,
-                lower_is_better=True) for w, row in zip(WORKERS, rows)]  # fmt: skip
+    ] + [
+        Target(
+            f"data wait ({w} workers), % of train loop",
+            row["data wait % (train loop)"],
+            WAIT_GOAL_PCT,
+            lower_is_better=True,
+        )
+        for w, row in zip(WORKERS, rows)
+    ]
     report.metrics |= {
         f"workers{r['loader workers']}/{k}": v for r in rows for k, v in r.items() if k != "loader workers"
     }

@@ -40,10 +40,14 @@ class StepProfile:
         total = sum(sum(v.values()) for v in self.components.values()) or 1.0
         ranked = sorted(self.components.items(), key=lambda kv: -sum(kv[1].values()))
         return [
-            {"component": name, "forward ms": t["forward"], "backward ms": t["backward"],
-             "share %": 100 * (t["forward"] + t["backward"]) / total}
+            {
+                "component": name,
+                "forward ms": t["forward"],
+                "backward ms": t["backward"],
+                "share %": 100 * (t["forward"] + t["backward"]) / total,
+            }
             for name, t in ranked
-        ]  # fmt: skip
+        ]
 
 
 def profile_step(step: Callable[[], Any], calls: int = 2, top_ops: int = 15) -> StepProfile:

@@ -23,8 +23,16 @@ TIMEOUT_S = 3600.0
 
 def run(name: str, quick: bool, threads: int, results: Path) -> tuple[bool, float]:
     """Run one benchmark to completion in a subprocess (its output passes through); (succeeded, seconds)."""
-    args = [sys.executable, "-m", f"bench.{name}", "--results", str(results), "--threads", str(threads),
-            *(["--quick"] if quick else [])]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        f"bench.{name}",
+        "--results",
+        str(results),
+        "--threads",
+        str(threads),
+        *(["--quick"] if quick else []),
+    ]
     started = time.perf_counter()
     print(f"\n=== bench.{name}{' --quick' if quick else ''} ===", flush=True)
     try:
@@ -43,13 +51,18 @@ def summary(
     """SUMMARY.md: machine, wall times, all targets, then every report's markdown."""
     total = sum(seconds for _, seconds in outcomes.values())
     command = "make bench-quick" if quick else "make bench"
-    lines = [f"# MKTN benchmarks{' (--quick)' if quick else ''}", "",
-             f"Regenerate: `{command}` (= `python -m bench.run_all{' --quick' if quick else ''}`), "
-             f"{total / 60:.1f} min in all.", "",
-             f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, GPU: {host['gpu']}; "
-             f"torch {host['versions']['torch']}, deepspeed {host['versions']['deepspeed']}, ray {host['versions']['ray']}, "
-             f"mlflow {host['versions']['mlflow']}; commit {host['git_commit']}; load average (1/5/15 min) at start "
-             f"{host['load_avg_1_5_15']}.", ""]  # fmt: skip
+    lines = [
+        f"# MKTN benchmarks{' (--quick)' if quick else ''}",
+        "",
+        f"Regenerate: `{command}` (= `python -m bench.run_all{' --quick' if quick else ''}`), "
+        f"{total / 60:.1f} min in all.",
+        "",
+        f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, GPU: {host['gpu']}; "
+        f"torch {host['versions']['torch']}, deepspeed {host['versions']['deepspeed']}, ray {host['versions']['ray']}, "
+        f"mlflow {host['versions']['mlflow']}; commit {host['git_commit']}; load average (1/5/15 min) at start "
+        f"{host['load_avg_1_5_15']}.",
+        "",
+    ]
     runs, targets, reports = [], [], []
     for name in names:
         ok, seconds = outcomes[name]
@@ -65,9 +78,16 @@ def summary(
             }
         )
         if body:
-            targets += [{"benchmark": name, "target": t["name"], "measured": t["value"],
-                         "goal": f"{'<=' if t['lower_is_better'] else '>='} {fmt(float(t['goal']))}",
-                         "met": "yes" if t["met"] else "NO"} for t in body["targets"]]  # fmt: skip
+            targets += [
+                {
+                    "benchmark": name,
+                    "target": t["name"],
+                    "measured": t["value"],
+                    "goal": f"{'<=' if t['lower_is_better'] else '>='} {fmt(float(t['goal']))}",
+                    "met": "yes" if t["met"] else "NO",
+                }
+                for t in body["targets"]
+            ]
             reports.append(body["markdown"])
     lines += [Table("Runs", runs).markdown(), Table("Targets", targets).markdown(), *reports]
     return "\n".join(lines)
@@ -76,8 +96,13 @@ def summary(
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, write SUMMARY.md, print the targets."""
     p = parser("run_all", __doc__.split("\n\n")[0])
-    p.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                   help=f"run only these ({', '.join(BENCHMARKS)})")  # fmt: skip
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these ({', '.join(BENCHMARKS)})",
+    )
     args = parse(p, argv)
     names = list(args.only or BENCHMARKS)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,20 @@ def train_run(
     workers: int, data: tuple[str, str], overrides: list[str], output: Path, timeout: float
 ) -> dict[str, Any]:
     """One `mktn train` run with `workers` Ray workers; its per-epoch times and steady throughput."""
-    args = [sys.executable, "-m", "cluster.cli", "train", str(CONFIG), f"data.train={data[0]}", f"data.val={data[1]}",
-            f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1", *overrides, "--output", str(output)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "train",
+        str(CONFIG),
+        f"data.train={data[0]}",
+        f"data.val={data[1]}",
+        f"cluster.num_workers={workers}",
+        "cluster.cpus_per_worker=1",
+        *overrides,
+        "--output",
+        str(output),
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0"}
     output.parent.mkdir(parents=True, exist_ok=True)
     log = output.parent / f"train-{workers}.log"
@@ -59,8 +71,10 @@ def train_run(
             args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
         ).returncode
     if code:
-        raise RuntimeError(f"mktn train with {workers} workers exited {code}; last lines of {log}:\n"
-                           f"{log.read_text(errors='replace')[-3000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"mktn train with {workers} workers exited {code}; last lines of {log}:\n"
+            f"{log.read_text(errors='replace')[-3000:]}"
+        )
     records = read_spool(Path(RunFolder.read(output).spool) / "metrics.jsonl")
     ends = [r for r in records if "epoch" in r["values"]]
     epochs = sorted((r["values"]["epoch"], r["ts"]) for r in ends)
@@ -86,8 +100,15 @@ def extrapolate(one: dict[str, Any], two: dict[str, Any], grad_bytes: float) -> 
     for n in EXTRAPOLATE:
         step = one["step_s"] + 2 * (n - 1) / n * grad_bytes / bandwidth
         qps = n * q / step
-        rows.append({"workers": n, "predicted step s": step, "predicted QPS": qps,
-                     "predicted epoch s": one["epoch_s"] * one["qps"] / qps, "efficiency": qps / (n * one["qps"])})  # fmt: skip
+        rows.append(
+            {
+                "workers": n,
+                "predicted step s": step,
+                "predicted QPS": qps,
+                "predicted epoch s": one["epoch_s"] * one["qps"] / qps,
+                "efficiency": qps / (n * one["qps"]),
+            }
+        )
     return {
         "queries_per_step": q,
         "bandwidth_MBps": bandwidth / 1e6,
@@ -110,24 +131,49 @@ def main(argv: list[str] | None = None) -> int:
         runs = [train_run(n, data, overrides, Path(tmp, f"run-{n}", "out"), timeout=900) for n in WORKERS]
         job = load_config(str(CONFIG), overrides)
         info = read_dataset_info(data[0])
-        model = build_model(job.model, Vocab.load(f"{data[0]}/vocab.json"), info["feature_dim"], info["tokens_per_clip"],
-                            job.data.max_clips)  # fmt: skip
+        model = build_model(
+            job.model,
+            Vocab.load(f"{data[0]}/vocab.json"),
+            info["feature_dim"],
+            info["tokens_per_clip"],
+            job.data.max_clips,
+        )
     grad_bytes = 4.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
     fit = extrapolate(runs[0], runs[1], grad_bytes)
     one = runs[0]
-    rows = [{"workers": r["workers"], "epoch s": r["epoch_s"], "train QPS": r["qps"], "train VPS": r["vps"],
-             "step s": r["step_s"], "data wait %": 100 * r["data_wait_frac"], "speed-up": r["qps"] / one["qps"],
-             "efficiency": r["qps"] / (r["workers"] * one["qps"])} for r in runs]  # fmt: skip
+    rows = [
+        {
+            "workers": r["workers"],
+            "epoch s": r["epoch_s"],
+            "train QPS": r["qps"],
+            "train VPS": r["vps"],
+            "step s": r["step_s"],
+            "data wait %": 100 * r["data_wait_frac"],
+            "speed-up": r["qps"] / one["qps"],
+            "efficiency": r["qps"] / (r["workers"] * one["qps"]),
+        }
+        for r in runs
+    ]
     report.tables += [
-        Table(f"mktn train, {videos} synthetic videos, {epochs} epochs, ZeRO-{job.deepspeed.zero_stage}, 1 CPU per worker",
-              rows),
-        Table(f"Extrapolation: QPS(N) = N Q / (t_1 + 2(N-1)/N G/B), Q = {fit['queries_per_step']:.1f} queries/step, "
-              f"G = {fit['grad_MB']:.2f} MB, B = {fit['bandwidth_MBps']:.0f} MB/s (fitted to the 2-worker run)",
-              fit["rows"]),
-    ]  # fmt: skip
+        Table(
+            f"mktn train, {videos} synthetic videos, {epochs} epochs, ZeRO-{job.deepspeed.zero_stage}, 1 CPU per worker",
+            rows,
+        ),
+        Table(
+            f"Extrapolation: QPS(N) = N Q / (t_1 + 2(N-1)/N G/B), Q = {fit['queries_per_step']:.1f} queries/step, "
+            f"G = {fit['grad_MB']:.2f} MB, B = {fit['bandwidth_MBps']:.0f} MB/s (fitted to the 2-worker run)",
+            fit["rows"],
+        ),
+    ]
     two = rows[1]
-    report.targets.append(Target("2 workers: QPS / (2 x 1 worker's QPS)", two["efficiency"], EFFICIENCY_GOAL,
-                                 note="2 workers on 2 cores; issue 7 sets no number, this is the project's bar"))  # fmt: skip
+    report.targets.append(
+        Target(
+            "2 workers: QPS / (2 x 1 worker's QPS)",
+            two["efficiency"],
+            EFFICIENCY_GOAL,
+            note="2 workers on 2 cores; issue 7 sets no number, this is the project's bar",
+        )
+    )
     report.metrics |= {f"workers{r['workers']}/{k}": v for r in rows for k, v in r.items() if k != "workers"}
     report.metrics |= {"bandwidth_MBps": fit["bandwidth_MBps"], "grad_MB": fit["grad_MB"]}
     report.data |= {"runs": runs, "extrapolation": fit}

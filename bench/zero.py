@@ -104,8 +104,14 @@ def state_bytes(engine: Any) -> dict[str, int]:
 
 def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
     """One training worker: DeepSpeed engine, timed steps, memory, checkpoint save and load; writes rank<R>.json."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu")  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -116,16 +122,19 @@ def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
     groups = generate(24 * WORLD if spec.steps > 2 else 8 * WORLD, seed=0, query_mix="charades")
     vocab = synthetic_vocab(groups)
     mine = groups[rank::WORLD]
-    batches = [collate(c, vocab, job.data.max_clips) for c in
-               budget_batches(mine, job.data.max_queries_per_batch, job.data.max_videos_per_batch)]  # fmt: skip
+    batches = [
+        collate(c, vocab, job.data.max_clips)
+        for c in budget_batches(mine, job.data.max_queries_per_batch, job.data.max_videos_per_batch)
+    ]
     torch.manual_seed(0)
     model = build_model(
         job.model, vocab, mine[0].features.shape[-1], mine[0].features.shape[1], job.data.max_clips
     )
     engine, *_ = deepspeed.initialize(
-        model=EngineModel(model), model_parameters=[p for p in model.parameters() if p.requires_grad],
+        model=EngineModel(model),
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(job, WORLD, optimizer_steps=spec.steps + 1),
-    )  # fmt: skip
+    )
     times = []
     for i in range(spec.steps + 1):  # the first step builds the optimizer state: warm-up, not timed
         batch = batches[i % len(batches)]
@@ -149,10 +158,17 @@ def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
     checkpoint.load(engine, str(directory))
     dist.barrier()
     load_s = time.perf_counter() - started
-    result = {"rank": rank, "step_s": times, "memory": memory, "save_s": save_s, "load_s": load_s,
-              "checkpoint_bytes": size, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
-              "queries": [b.num_queries for b in batches]}  # fmt: skip
+    result = {
+        "rank": rank,
+        "step_s": times,
+        "memory": memory,
+        "save_s": save_s,
+        "load_s": load_s,
+        "checkpoint_bytes": size,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+        "queries": [b.num_queries for b in batches],
+    }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
@@ -160,8 +176,9 @@ def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
 def run_spec(spec: Spec) -> dict[str, Any]:
     """Run one configuration in two fresh processes; their results, or an error naming the configuration."""
     with tempfile.TemporaryDirectory(prefix="mktn-bench-zero-") as out:
-        context = mp.start_processes(_worker, args=(spec, _free_port(), out), nprocs=WORLD, join=False,
-                                     start_method="forkserver")  # fmt: skip
+        context = mp.start_processes(
+            _worker, args=(spec, _free_port(), out), nprocs=WORLD, join=False, start_method="forkserver"
+        )
         deadline = time.monotonic() + spec.timeout_s
         while not context.join(timeout=5):
             if time.monotonic() > deadline:
@@ -174,15 +191,18 @@ def run_spec(spec: Spec) -> dict[str, Any]:
         shutil.rmtree(Path(out, "checkpoint"), ignore_errors=True)
     memory = {k: max(r["memory"][k] for r in ranks) for k in ranks[0]["memory"]}
     return {
-        "model": spec.model, "stage": spec.stage, "params": ranks[0]["params"],
+        "model": spec.model,
+        "stage": spec.stage,
+        "params": ranks[0]["params"],
         "step_s": statistics.median(t for r in ranks for t in r["step_s"]),
         "step_s_all": [r["step_s"] for r in ranks],
         "peak_rss_mib": max(r["peak_rss_mib"] for r in ranks),
         "memory_mib": {k: v / MIB for k, v in memory.items()},
         "param_opt_mib": sum(memory.values()) / MIB,
         "checkpoint_mib": ranks[0]["checkpoint_bytes"] / MIB,
-        "save_s": max(r["save_s"] for r in ranks), "load_s": max(r["load_s"] for r in ranks),
-    }  # fmt: skip
+        "save_s": max(r["save_s"] for r in ranks),
+        "load_s": max(r["load_s"] for r in ranks),
+    }
 
 
 def _free_port() -> int:
@@ -207,19 +227,46 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         base = next(x for x in results if x["model"] == r["model"] and x["stage"] == 0)
-        rows.append({"model": r["model"], "params (M)": r["params"] / 1e6, "ZeRO": r["stage"], "step s": r["step_s"],
-                     "peak RSS MiB/worker": r["peak_rss_mib"], "params MiB": r["memory_mib"]["params"],
-                     "master MiB": r["memory_mib"]["master"], "optimizer state MiB": r["memory_mib"]["optimizer_state"],
-                     "param+opt MiB/worker": r["param_opt_mib"], "vs stage 0 / 2": r["param_opt_mib"] / (base["param_opt_mib"] / WORLD),
-                     "checkpoint MiB": r["checkpoint_mib"], "save s": r["save_s"], "load s": r["load_s"]})  # fmt: skip
-    report.tables.append(Table(f"ZeRO stages, {WORLD} workers (gloo, fp32, torch AdamW), per worker", rows,
-                               note="`vs stage 0 / 2`: param+optimizer bytes per worker over stage 0's divided by "
-                               "the world size (1.0 = perfectly sharded)."))  # fmt: skip
+        rows.append(
+            {
+                "model": r["model"],
+                "params (M)": r["params"] / 1e6,
+                "ZeRO": r["stage"],
+                "step s": r["step_s"],
+                "peak RSS MiB/worker": r["peak_rss_mib"],
+                "params MiB": r["memory_mib"]["params"],
+                "master MiB": r["memory_mib"]["master"],
+                "optimizer state MiB": r["memory_mib"]["optimizer_state"],
+                "param+opt MiB/worker": r["param_opt_mib"],
+                "vs stage 0 / 2": r["param_opt_mib"] / (base["param_opt_mib"] / WORLD),
+                "checkpoint MiB": r["checkpoint_mib"],
+                "save s": r["save_s"],
+                "load s": r["load_s"],
+            }
+        )
+    report.tables.append(
+        Table(
+            f"ZeRO stages, {WORLD} workers (gloo, fp32, torch AdamW), per worker",
+            rows,
+            note="`vs stage 0 / 2`: param+optimizer bytes per worker over stage 0's divided by "
+            "the world size (1.0 = perfectly sharded).",
+        )
+    )
     wide = next(r for r in rows if r["model"] == "wide" and r["ZeRO"] == 3)
-    report.targets.append(Target("wide model: ZeRO-3 param+opt per worker / (stage 0's / world size)",
-                                 wide["vs stage 0 / 2"], SHARE_GOAL, lower_is_better=True))  # fmt: skip
-    report.metrics |= {f"{r['model']}/zero{r['ZeRO']}/{k}": v for r in rows for k, v in r.items()
-                       if k not in ("model", "ZeRO")}  # fmt: skip
+    report.targets.append(
+        Target(
+            "wide model: ZeRO-3 param+opt per worker / (stage 0's / world size)",
+            wide["vs stage 0 / 2"],
+            SHARE_GOAL,
+            lower_is_better=True,
+        )
+    )
+    report.metrics |= {
+        f"{r['model']}/zero{r['ZeRO']}/{k}": v
+        for r in rows
+        for k, v in r.items()
+        if k not in ("model", "ZeRO")
+    }
     report.data["results"] = results
     publish(report, args.results, plot)
     return 0

@@ -33,7 +33,9 @@ class TrainConfig(StrictConfig):
     keep_best: int = Field(2, ge=1)
     best_metric: str = "R1@0.5"
     log_every_steps: int = Field(5, ge=1)
-    record_batches: bool = False  # audit: each worker writes the video/query ids of its batches to <output>/batches/
+    record_batches: bool = (
+        False  # audit: each worker writes the video/query ids of its batches to <output>/batches/
+    )
 
 
 class ClusterConfig(StrictConfig):
@@ -43,7 +45,9 @@ class ClusterConfig(StrictConfig):
     gpus_per_worker: float = Field(1.0, ge=0)
     address: str | None = None  # None = local Ray; "auto", "ray://host:10001" or "host:6379" joins a cluster
     max_failures: int = Field(2, ge=0)
-    storage_path: str | None = None  # Ray Train storage (shared across nodes: NFS or s3://); default <output>/ray
+    storage_path: str | None = (
+        None  # Ray Train storage (shared across nodes: NFS or s3://); default <output>/ray
+    )
 
 
 class DeepSpeedConfig(StrictConfig):

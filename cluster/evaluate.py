@@ -41,8 +41,12 @@ class EvalResult:
         return self.timed_videos / max(self.seconds, 1e-9)
 
     def to_json(self) -> dict[str, Any]:
-        return self.metrics | {"queries": self.queries, "videos": self.videos,
-                               "inference_qps": self.qps, "inference_vps": self.vps}  # fmt: skip
+        return self.metrics | {
+            "queries": self.queries,
+            "videos": self.videos,
+            "inference_qps": self.qps,
+            "inference_vps": self.vps,
+        }
 
 
 @torch.no_grad()

@@ -45,8 +45,14 @@ def model_from_checkpoint(directory: str) -> MKTN:
     text = checkpoint.read_json(directory, "text_state.json")
     features = checkpoint.read_json(directory, "features.json")
     vocab = Vocab.from_json(json.dumps(text["vocab"]), source=f"{directory}/text_state.json")
-    model = MKTN(job.model, vocab, features["feature_dim"], features["tokens_per_clip"], features["max_clips"],
-                 saved_text=text)  # fmt: skip
+    model = MKTN(
+        job.model,
+        vocab,
+        features["feature_dim"],
+        features["tokens_per_clip"],
+        features["max_clips"],
+        saved_text=text,
+    )
     model.load_state_dict(consolidated_state_dict(directory), strict=True)
     return model.eval()
 

@@ -65,9 +65,14 @@ class TrainOutcome:
 
 
 def train(
-    job: JobConfig | None, output: str, *, address: str | None = None, resume: bool = False,
-    callbacks: Sequence[Any] = (), tags: dict[str, str] | None = None,
-) -> TrainOutcome:  # fmt: skip
+    job: JobConfig | None,
+    output: str,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    tags: dict[str, str] | None = None,
+) -> TrainOutcome:
     """Run (or with `resume`, continue) the training job `job` with its run folder at `output`.
 
     `callbacks` go to the trainer's `RunConfig` and `tags` onto a new MLflow run (`mktn tune` passes
@@ -133,8 +138,9 @@ def _open_run(
         folder = RunFolder.read(url)
         folder.job = job
         client = MlflowClient(folder.tracking_uri)
-        tracking.retrying(client.update_run, folder.run_id, status="RUNNING", what="reopening the run",
-                          patience_s=patience)  # fmt: skip
+        tracking.retrying(
+            client.update_run, folder.run_id, status="RUNNING", what="reopening the run", patience_s=patience
+        )
     else:
         client = MlflowClient(uri)
         folder = RunFolder(url, job, uri, tracking.open_run(client, job, url, tags, patience))
@@ -191,7 +197,7 @@ def _trainer(job: JobConfig, folder: RunFolder, plan: Any, callbacks: Sequence[A
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
-        ),  # fmt: skip
+        ),
         run_config=RunConfig(
             name=RAY_RUN_NAME,
             storage_path=storage_path,
@@ -218,19 +224,36 @@ def _finish(client: MlflowClient, folder: RunFolder, result: Any, started: float
         with result.checkpoint.as_directory() as directory:
             export_checkpoint(directory, f"{staging}/model")
             predictions = checkpoint.read_json(directory, "val_predictions.json")
-            tracking.retrying(client.log_artifacts, folder.run_id, directory, "checkpoint",
-                              what="logging the final checkpoint", patience_s=patience)  # fmt: skip
+            tracking.retrying(
+                client.log_artifacts,
+                folder.run_id,
+                directory,
+                "checkpoint",
+                what="logging the final checkpoint",
+                patience_s=patience,
+            )
         plots.training_curves(records, f"{staging}/plots/training_curves.png")
         plots.moments_figure(predictions, f"{staging}/plots/val_moments.png")
         for name in ("plots", "model"):
             upload_folder(f"{staging}/{name}", join(folder.path, name))
-            tracking.retrying(client.log_artifacts, folder.run_id, f"{staging}/{name}", name,
-                              what=f"logging {name}", patience_s=patience)  # fmt: skip
+            tracking.retrying(
+                client.log_artifacts,
+                folder.run_id,
+                f"{staging}/{name}",
+                name,
+                what=f"logging {name}",
+                patience_s=patience,
+            )
         folder.status = "finished"
         folder.write()
         Path(staging, RUN_FILE).write_bytes(folder.record())
-        tracking.retrying(client.log_artifact, folder.run_id, f"{staging}/{RUN_FILE}", what="logging run.json",
-                          patience_s=patience)  # fmt: skip
+        tracking.retrying(
+            client.log_artifact,
+            folder.run_id,
+            f"{staging}/{RUN_FILE}",
+            what="logging run.json",
+            patience_s=patience,
+        )
     tracking.retrying(
         client.set_terminated, folder.run_id, "FINISHED", what="closing the run", patience_s=patience
     )
@@ -238,8 +261,15 @@ def _finish(client: MlflowClient, folder: RunFolder, result: Any, started: float
     vps = [r["values"]["train/vps"] for r in records if "train/vps" in r["values"]]
     metrics = {k: v for k, v in result.metrics.items() if k in preflight.METRIC_KEYS}
     final = join(folder.storage, RAY_RUN_NAME, posixpath.basename(result.checkpoint.path))
-    return TrainOutcome(folder, metrics, final, join(folder.path, "model"), _steady(qps), _steady(vps),
-                        time.perf_counter() - started)  # fmt: skip
+    return TrainOutcome(
+        folder,
+        metrics,
+        final,
+        join(folder.path, "model"),
+        _steady(qps),
+        _steady(vps),
+        time.perf_counter() - started,
+    )
 
 
 def _steady(values: list[float]) -> float:
@@ -252,8 +282,10 @@ def _feature_spec(job: JobConfig) -> dict[str, Any]:
     train, val = read_dataset_info(job.data.train), read_dataset_info(job.data.val)
     spec = {key: train[key] for key in ("feature_dim", "tokens_per_clip")}
     if {key: val[key] for key in spec} != spec:
-        raise ValueError(f"data.val ({job.data.val}) has features {[val[k] for k in spec]} "
-                         f"but data.train has {list(spec.values())} (feature_dim, tokens_per_clip)")  # fmt: skip
+        raise ValueError(
+            f"data.val ({job.data.val}) has features {[val[k] for k in spec]} "
+            f"but data.train has {list(spec.values())} (feature_dim, tokens_per_clip)"
+        )
     return spec | {"dataset": train["dataset"]}
 
 

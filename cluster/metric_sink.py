@@ -76,8 +76,12 @@ class MetricSink:
             while self._shipped < len(self._records) and time.monotonic() < deadline:
                 self._cond.wait(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
             if self._shipped < len(self._records):
-                log.warning("%d metric records not yet in MLflow (last error: %s); they stay in %s",
-                            len(self._records) - self._shipped, self._last_error, self._spool_path)  # fmt: skip
+                log.warning(
+                    "%d metric records not yet in MLflow (last error: %s); they stay in %s",
+                    len(self._records) - self._shipped,
+                    self._last_error,
+                    self._spool_path,
+                )
             return len(self._records) - self._shipped
 
     def _ship_forever(self) -> None:

@@ -98,8 +98,9 @@ def _from_mlflow(uri: str) -> ModelSource:
     import mlflow.artifacts
 
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="mktn-model-"),
-                                                tracking_uri=tracking_uri)  # fmt: skip
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="mktn-model-"), tracking_uri=tracking_uri
+    )
     if Path(
         local, "MLmodel"
     ).exists():  # registered by `mktn register`: its folder is read, none of its code run

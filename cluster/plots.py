@@ -50,8 +50,13 @@ def moments_figure(predictions: list[dict[str, Any]], path: str, count: int = 8)
             row["gt"], [y + 0.12, y + 0.12], color="tab:green", linewidth=4, label="true" if i == 0 else None
         )
         if row["pred"]:
-            ax.plot(row["pred"][0][:2], [y - 0.12, y - 0.12], color="tab:red", linewidth=4,
-                    label="predicted (top-1)" if i == 0 else None)  # fmt: skip
+            ax.plot(
+                row["pred"][0][:2],
+                [y - 0.12, y - 0.12],
+                color="tab:red",
+                linewidth=4,
+                label="predicted (top-1)" if i == 0 else None,
+            )
         ax.text(0, y + 0.3, row["sentence"][:70], fontsize=7)
     ax.set_yticks([])
     ax.set_xlabel("seconds")

@@ -94,8 +94,10 @@ class InferenceStats:
         return self.videos / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"inference: {self.queries} queries over {self.videos} videos in {self.batches} batches, "
-                f"{self.seconds:.3f} s: {self.qps:.1f} queries/s, {self.vps:.1f} videos/s")  # fmt: skip
+        return (
+            f"inference: {self.queries} queries over {self.videos} videos in {self.batches} batches, "
+            f"{self.seconds:.3f} s: {self.qps:.1f} queries/s, {self.vps:.1f} videos/s"
+        )
 
 
 @dataclass
@@ -119,10 +121,13 @@ class PredictResult:
 def prediction_record(query: Query, moments: Sequence[Moment]) -> dict[str, Any]:
     """The output record of one predicted query: ids, sentence and ranked moments in seconds with scores."""
     record: dict[str, Any] = {
-        "row": query.row, "query_id": query.query_id, "video_id": query.video_id, "sentence": query.sentence,
+        "row": query.row,
+        "query_id": query.query_id,
+        "video_id": query.video_id,
+        "sentence": query.sentence,
         "duration": query.duration,
         "moments": moment_dicts(moments),
-    }  # fmt: skip
+    }
     if query.truth is not None:
         record["truth"] = list(query.truth)
     return record
@@ -145,8 +150,10 @@ def parse_query(obj: Any, row: int, limits: Limits) -> Query:
         raise ValueError("'video_id' is empty")
     sentence = _field(obj, "sentence", str)
     if len(sentence) > limits.max_sentence_chars:
-        raise ValueError(f"'sentence' has {len(sentence)} characters, over the limit "
-                         f"max_sentence_chars={limits.max_sentence_chars}")  # fmt: skip
+        raise ValueError(
+            f"'sentence' has {len(sentence)} characters, over the limit "
+            f"max_sentence_chars={limits.max_sentence_chars}"
+        )
     if not sentence.strip():
         raise ValueError("'sentence' is empty")
     if not tokenize(sentence):
@@ -275,17 +282,23 @@ class Predictor:
         """The checked `VideoGroup` of one video; ValueError when its features or size do not fit the model."""
         limits = self.limits
         if len(queries) > limits.max_queries_per_video:
-            raise ValueError(f"video {video_id!r} has {len(queries)} queries, over the limit "
-                             f"max_queries_per_video={limits.max_queries_per_video}")  # fmt: skip
+            raise ValueError(
+                f"video {video_id!r} has {len(queries)} queries, over the limit "
+                f"max_queries_per_video={limits.max_queries_per_video}"
+            )
         raw = load(video_id)
         if raw.ndim and raw.shape[0] > limits.max_clips_per_video:  # before any copy of the array
-            raise ValueError(f"features of video {video_id!r} have {raw.shape[0]} clips, over the limit "
-                             f"max_clips_per_video={limits.max_clips_per_video}")  # fmt: skip
+            raise ValueError(
+                f"features of video {video_id!r} have {raw.shape[0]} clips, over the limit "
+                f"max_clips_per_video={limits.max_clips_per_video}"
+            )
         feats = check_features(raw, f"features of video {video_id!r}", self.model.feature_dim)
         tokens = 1 if feats.ndim == 2 else feats.shape[1]
         if tokens != self.model.tokens_per_clip:
-            raise ValueError(f"features of video {video_id!r} have {tokens} tokens per clip; the model was "
-                             f"trained on {self.model.tokens_per_clip}")  # fmt: skip
+            raise ValueError(
+                f"features of video {video_id!r} have {tokens} tokens per clip; the model was "
+                f"trained on {self.model.tokens_per_clip}"
+            )
         duration = queries[0].duration
         annotations = [
             QueryAnnotation(q.query_id, q.sentence, *(q.truth or (0.0, duration)), index=i)
@@ -320,11 +333,17 @@ def _by_video(queries: Sequence[Query], errors: list[RowError]) -> dict[str, lis
         first = groups.get(q.video_id, [q])[0]
         key = (q.video_id, q.query_id)
         if key in seen:
-            errors.append(RowError(q.row, f"query id {q.query_id!r} of video {q.video_id!r} "
-                                          f"repeats row {seen[key]}"))  # fmt: skip
+            errors.append(
+                RowError(q.row, f"query id {q.query_id!r} of video {q.video_id!r} repeats row {seen[key]}")
+            )
         elif q.duration != first.duration:
-            errors.append(RowError(q.row, f"duration {q.duration} of video {q.video_id!r} disagrees "
-                                          f"with {first.duration} on row {first.row}"))  # fmt: skip
+            errors.append(
+                RowError(
+                    q.row,
+                    f"duration {q.duration} of video {q.video_id!r} disagrees "
+                    f"with {first.duration} on row {first.row}",
+                )
+            )
         else:
             seen[key] = q.row
             groups.setdefault(q.video_id, []).append(q)

@@ -24,15 +24,26 @@ def video_figure(video_id: str, records: list[dict[str, Any]], directory: str) -
         y = len(records) - i
         ax.plot([0, duration], [y, y], color="lightgray", linewidth=8, solid_capstyle="butt")
         for rank, m in reversed(list(enumerate(record["moments"]))):
-            ax.plot([m["start"], m["end"]], [y - 0.1, y - 0.1], color="tab:red", linewidth=5,
-                    alpha=1.0 if rank == 0 else 0.25, solid_capstyle="butt",
-                    label="predicted top-1" if i == 0 and rank == 0 else None)  # fmt: skip
+            ax.plot(
+                [m["start"], m["end"]],
+                [y - 0.1, y - 0.1],
+                color="tab:red",
+                linewidth=5,
+                alpha=1.0 if rank == 0 else 0.25,
+                solid_capstyle="butt",
+                label="predicted top-1" if i == 0 and rank == 0 else None,
+            )
         if record["moments"]:
             top = record["moments"][0]
             ax.text(top["end"], y - 0.1, f" {top['score']:.2f}", fontsize=7, va="center")
         if "truth" in record:
-            ax.plot(record["truth"], [y + 0.15, y + 0.15], color="tab:green", linewidth=4,
-                    label="true" if i == 0 else None)  # fmt: skip
+            ax.plot(
+                record["truth"],
+                [y + 0.15, y + 0.15],
+                color="tab:green",
+                linewidth=4,
+                label="true" if i == 0 else None,
+            )
         ax.text(0, y + 0.33, record["sentence"][:90], fontsize=7)
     ax.set_xlim(0, duration)
     ax.set_ylim(0.4, len(records) + 0.8)

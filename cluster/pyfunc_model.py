@@ -102,8 +102,10 @@ def read_logged_model(local: str, tracking_uri: str | None) -> ModelSource:
     folder = flavor.get("artifacts", {}).get(MODEL_ARTIFACT, {}).get("path")
     root = Path(local).resolve()
     if not isinstance(folder, str) or not (root / folder).resolve().is_relative_to(root):
-        raise ValueError(f"{local}: not an MKTN model registered by `mktn register` (no {MODEL_ARTIFACT} artifact "
-                         "inside the model folder)")  # fmt: skip
+        raise ValueError(
+            f"{local}: not an MKTN model registered by `mktn register` (no {MODEL_ARTIFACT} artifact "
+            "inside the model folder)"
+        )
     data = DataConfig.model_validate(flavor.get("model_config") or {})
     return ModelSource(load_model(str(root / folder)), tracking_uri, logged.run_id, data)
 
@@ -189,8 +191,12 @@ def result_table(result: PredictResult, rows: int) -> pd.DataFrame:
         moments = result.moments.get(query.row)
         if moments is not None:
             top = moments[0] if moments else (None, None, None)
-            out[query.row] |= {"moments": moment_dicts(moments),
-                               "start": top[0], "end": top[1], "score": top[2]}  # fmt: skip
+            out[query.row] |= {
+                "moments": moment_dicts(moments),
+                "start": top[0],
+                "end": top[1],
+                "score": top[2],
+            }
     for error in result.errors:
         out[error.row]["error"] = error.message
     # object columns: a missing value stays None (JSON null when served), not NaN

@@ -38,8 +38,20 @@ ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
 PYFUNC_NAME = "mktn_pyfunc"  # the logged model's name inside its run
 REGISTER_EXPERIMENT = "mktn-register"
 RUN_TAGS = ("git_commit", "dataset", "manifest_hash", "val_manifest_hash", "world_size", "zero_stage")
-INFERENCE_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "safetensors", "pyarrow", "fsspec", "h5py", "pydantic",
-                      "pyyaml", "webdataset", "matplotlib")  # fmt: skip
+INFERENCE_PACKAGES = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "safetensors",
+    "pyarrow",
+    "fsspec",
+    "h5py",
+    "pydantic",
+    "pyyaml",
+    "webdataset",
+    "matplotlib",
+)
 SIGNATURE = ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 5)]))
 PATIENCE_S = 300.0
 
@@ -61,16 +73,19 @@ class Registered:
         return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
 
 
-def register(source: str, name: str | None = None, alias: str | None = "champion",
-             tracking_uri: str | None = None) -> Registered:  # fmt: skip
+def register(
+    source: str, name: str | None = None, alias: str | None = "champion", tracking_uri: str | None = None
+) -> Registered:
     """Register the model at `source` as a new version of `name` (default `mktn-<dataset>`) and point `alias`
     at it. The registry is the store of the model's training run; `tracking_uri` (else MLFLOW_TRACKING_URI)
     is used only when the source does not name one."""
     found = open_model(source)
     uri = found.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
-        raise ValueError(f"{source}: no MLflow run is recorded for this model; say which registry to use with "
-                         "--tracking-uri or MLFLOW_TRACKING_URI")  # fmt: skip
+        raise ValueError(
+            f"{source}: no MLflow run is recorded for this model; say which registry to use with "
+            "--tracking-uri or MLFLOW_TRACKING_URI"
+        )
     tracking.use_short_http_retries()
     client = MlflowClient(uri, registry_uri=uri)
     tags = version_tags(client, found, source)
@@ -80,11 +95,24 @@ def register(source: str, name: str | None = None, alias: str | None = "champion
         save_model(found.model, folder)
         version = _log_and_register(client, folder, found, name, source)
     for key, value in tags.items():
-        tracking.retrying(client.set_model_version_tag, name, version, key, value, what=f"tagging {key}",
-                          patience_s=PATIENCE_S)  # fmt: skip
+        tracking.retrying(
+            client.set_model_version_tag,
+            name,
+            version,
+            key,
+            value,
+            what=f"tagging {key}",
+            patience_s=PATIENCE_S,
+        )
     if alias:
-        tracking.retrying(client.set_registered_model_alias, name, alias, version, what=f"setting alias {alias}",
-                          patience_s=PATIENCE_S)  # fmt: skip
+        tracking.retrying(
+            client.set_registered_model_alias,
+            name,
+            alias,
+            version,
+            what=f"setting alias {alias}",
+            patience_s=PATIENCE_S,
+        )
     return Registered(name, version, alias, found.run_id, uri, tags)
 
 
@@ -116,8 +144,11 @@ def version_tags(client: MlflowClient, found: ModelSource, source: str) -> dict[
     if found.run_id:
         run = _training_run(client, found.run_id, source)
         tags |= {"run_id": found.run_id} | {k: run.data.tags[k] for k in RUN_TAGS if k in run.data.tags}
-        metrics = {k: run.data.metrics[f"val/{tracking.mlflow_key(k)}"] for k in METRIC_KEYS
-                   if f"val/{tracking.mlflow_key(k)}" in run.data.metrics}  # fmt: skip
+        metrics = {
+            k: run.data.metrics[f"val/{tracking.mlflow_key(k)}"]
+            for k in METRIC_KEYS
+            if f"val/{tracking.mlflow_key(k)}" in run.data.metrics
+        }
         # MLflow logs a pyfunc's model_config into the run as params: an earlier registration's are not config
         config = {k: v for k, v in sorted(run.data.params.items()) if k not in INFERENCE_SETTINGS}
     state_file = Path(source) / checkpoint.STATE_FILE
@@ -173,8 +204,11 @@ def _register_experiment(client: MlflowClient) -> str:
     if experiment is not None:
         return experiment.experiment_id
     uri = client.tracking_uri
-    location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri() \
-        if uri.startswith("sqlite:///") else None  # fmt: skip
+    location = (
+        (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        if uri.startswith("sqlite:///")
+        else None
+    )
     return client.create_experiment(REGISTER_EXPERIMENT, artifact_location=location)
 
 

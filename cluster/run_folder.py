@@ -66,8 +66,13 @@ class RunFolder:
 
     def record(self) -> bytes:
         """The contents of `run.json`."""
-        record = {"format": RUN_FORMAT, "config": self.job.model_dump(mode="json"), "tracking_uri": self.tracking_uri,
-                  "run_id": self.run_id, "status": self.status}  # fmt: skip
+        record = {
+            "format": RUN_FORMAT,
+            "config": self.job.model_dump(mode="json"),
+            "tracking_uri": self.tracking_uri,
+            "run_id": self.run_id,
+            "status": self.status,
+        }
         return json.dumps(record, indent=2).encode()
 
     def write(self) -> None:
@@ -88,8 +93,13 @@ class RunFolder:
             raise ValueError(f"{file}: not valid JSON ({exc})") from exc
         if record.get("format") != RUN_FORMAT:
             raise ValueError(f"{file}: expected format {RUN_FORMAT!r}")
-        return cls(url, JobConfig.model_validate(record["config"]), record["tracking_uri"], record["run_id"],
-                   record["status"])  # fmt: skip
+        return cls(
+            url,
+            JobConfig.model_validate(record["config"]),
+            record["tracking_uri"],
+            record["run_id"],
+            record["status"],
+        )
 
 
 def resumed_config(saved: JobConfig, given: JobConfig | None) -> JobConfig:

@@ -39,8 +39,17 @@ class StepWindow:
     repeats: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, step: int, losses: dict[str, torch.Tensor], phi: float, lr: float, queries: int, videos: int,
-            data_wait_s: float, fresh: bool) -> None:  # fmt: skip
+    def add(
+        self,
+        step: int,
+        losses: dict[str, torch.Tensor],
+        phi: float,
+        lr: float,
+        queries: int,
+        videos: int,
+        data_wait_s: float,
+        fresh: bool,
+    ) -> None:
         """Record one finished step."""
         self.steps.append(step)
         self.losses.append([float(losses[k].detach()) for k in LOSS_KEYS])
@@ -56,9 +65,11 @@ class StepWindow:
         wall = time.perf_counter() - self.started
         n = len(self.steps)
         sums = torch.tensor(
-            [v for row in self.losses for v in row] + [self.queries, self.videos, self.data_wait_s, wall, self.repeats],
-            dtype=torch.float64, device=self.device,
-        )  # fmt: skip
+            [v for row in self.losses for v in row]
+            + [self.queries, self.videos, self.data_wait_s, wall, self.repeats],
+            dtype=torch.float64,
+            device=self.device,
+        )
         slowest = torch.tensor([wall], dtype=torch.float64, device=self.device)
         if dist.is_initialized():
             dist.all_reduce(sums)

@@ -8,8 +8,10 @@ from mktn.metrics import RANKS, THRESHOLDS
 def metrics_table(metrics: dict[str, float]) -> str:
     """R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU (percent) as a small fixed-width table."""
     header = "        " + "".join(f"IoU={m:<7}" for m in THRESHOLDS)
-    rows = [f"  R@{n}   " + "".join(f"{metrics.get(f'R{n}@{m}', float('nan')):<11.2f}" for m in THRESHOLDS)
-            for n in RANKS]  # fmt: skip
+    rows = [
+        f"  R@{n}   " + "".join(f"{metrics.get(f'R{n}@{m}', float('nan')):<11.2f}" for m in THRESHOLDS)
+        for n in RANKS
+    ]
     return "\n".join([header, *rows, f"  mIoU  {metrics.get('mIoU', float('nan')):.2f}"])
 
 

@@ -102,35 +102,66 @@ def open_run(
 ) -> str:
     """Create the job's MLflow run (experiment `mlflow.experiment`, created if missing) and log the whole
     resolved config as params; returns the run id."""
-    experiment = retrying(client.get_experiment_by_name, job.mlflow.experiment, what="finding the experiment",
-                          patience_s=patience_s)  # fmt: skip
+    experiment = retrying(
+        client.get_experiment_by_name,
+        job.mlflow.experiment,
+        what="finding the experiment",
+        patience_s=patience_s,
+    )
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
         location = None if client.tracking_uri.startswith("http") else artifact_location(output)
-        experiment_id = retrying(client.create_experiment, job.mlflow.experiment, artifact_location=location,
-                                 what="creating the experiment", patience_s=patience_s)  # fmt: skip
-    run = retrying(client.create_run, experiment_id, run_name=job.mlflow.run_name, tags=tags,
-                   what="creating the run", patience_s=patience_s)  # fmt: skip
+        experiment_id = retrying(
+            client.create_experiment,
+            job.mlflow.experiment,
+            artifact_location=location,
+            what="creating the experiment",
+            patience_s=patience_s,
+        )
+    run = retrying(
+        client.create_run,
+        experiment_id,
+        run_name=job.mlflow.run_name,
+        tags=tags,
+        what="creating the run",
+        patience_s=patience_s,
+    )
     params = [Param(k, str(v)) for k, v in sorted(job.flat().items())]
     for i in range(0, len(params), MAX_PARAMS_PER_CALL):
-        retrying(client.log_batch, run.info.run_id, params=params[i : i + MAX_PARAMS_PER_CALL],
-                 what="logging the config", patience_s=patience_s)  # fmt: skip
+        retrying(
+            client.log_batch,
+            run.info.run_id,
+            params=params[i : i + MAX_PARAMS_PER_CALL],
+            what="logging the config",
+            patience_s=patience_s,
+        )
     return run.info.run_id
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], patience_s: float) -> None:
     """Set (or overwrite) run tags in one call."""
-    retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
-             what="setting tags", patience_s=patience_s)  # fmt: skip
+    retrying(
+        client.log_batch,
+        run_id,
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        what="setting tags",
+        patience_s=patience_s,
+    )
 
 
 def git_commit(repo: Path | None = None) -> str:
     """The source tree's git commit (with `-dirty` when it has local changes), or `unknown` outside git."""
     cwd = repo or Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=cwd,
-                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"

@@ -146,15 +146,21 @@ def load_search(path: str, job: JobConfig, num_samples: int | None = None) -> Se
     if spec.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {spec.num_samples}")
     if spec.metric not in preflight.METRIC_KEYS:
-        raise ConfigError(f"{path}: metric {spec.metric!r} is not a validation metric; expected one of "
-                          f"{', '.join(preflight.METRIC_KEYS)}")  # fmt: skip
+        raise ConfigError(
+            f"{path}: metric {spec.metric!r} is not a validation metric; expected one of "
+            f"{', '.join(preflight.METRIC_KEYS)}"
+        )
     if spec.asha.grace_period >= job.train.epochs:
-        raise ConfigError(f"{path}: asha.grace_period={spec.asha.grace_period} must be below train.epochs="
-                          f"{job.train.epochs}: ASHA stops trials only at rungs before the last epoch")  # fmt: skip
+        raise ConfigError(
+            f"{path}: asha.grace_period={spec.asha.grace_period} must be below train.epochs="
+            f"{job.train.epochs}: ASHA stops trials only at rungs before the last epoch"
+        )
     for key, dist in spec.space.items():
         if key.startswith(FIXED_SECTIONS):
-            raise ConfigError(f"{path}: space.{key}: {', '.join(FIXED_SECTIONS)}* are fixed for the whole search "
-                              "(resources, tracking, data); set them in the config or as overrides")  # fmt: skip
+            raise ConfigError(
+                f"{path}: space.{key}: {', '.join(FIXED_SECTIONS)}* are fixed for the whole search "
+                "(resources, tracking, data); set them in the config or as overrides"
+            )
         for value in dist.probes():
             with_values(job, {key: value}, f"{path}: space.{key}={value!r}")
     return spec
@@ -162,8 +168,9 @@ def load_search(path: str, job: JobConfig, num_samples: int | None = None) -> Se
 
 def probe_jobs(job: JobConfig, spec: SearchSpec) -> list[JobConfig]:
     """The jobs preflight checks: the base job and, per key, one job per probe value."""
-    return [job] + [with_values(job, {key: value}, key) for key, dist in spec.space.items()
-                    for value in dist.probes()]  # fmt: skip
+    return [job] + [
+        with_values(job, {key: value}, key) for key, dist in spec.space.items() for value in dist.probes()
+    ]
 
 
 def concurrent_trials(job: JobConfig, resources: dict[str, float]) -> int:
@@ -194,9 +201,14 @@ class SearchFolder:
         return self.path / "trials" / trial_id
 
     def write(self) -> None:
-        record = {"format": SEARCH_FORMAT, "config": self.job.model_dump(mode="json"),
-                  "search": self.spec.model_dump(mode="json", exclude_none=True), "tracking_uri": self.tracking_uri,
-                  "parent_run_id": self.parent_run_id, "status": self.status}  # fmt: skip
+        record = {
+            "format": SEARCH_FORMAT,
+            "config": self.job.model_dump(mode="json"),
+            "search": self.spec.model_dump(mode="json", exclude_none=True),
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "status": self.status,
+        }
         write_bytes_atomic(str(self.path / SEARCH_FILE), json.dumps(record, indent=2).encode())
 
     @classmethod
@@ -213,8 +225,14 @@ class SearchFolder:
             raise ValueError(f"{file}: not valid JSON ({exc})") from exc
         if not isinstance(record, dict) or record.get("format") != SEARCH_FORMAT:
             raise ValueError(f"{file}: expected format {SEARCH_FORMAT!r}")
-        return cls(path, JobConfig.model_validate(record["config"]), SearchSpec.model_validate(record["search"]),
-                   record["tracking_uri"], record["parent_run_id"], record["status"])  # fmt: skip
+        return cls(
+            path,
+            JobConfig.model_validate(record["config"]),
+            SearchSpec.model_validate(record["search"]),
+            record["tracking_uri"],
+            record["parent_run_id"],
+            record["status"],
+        )
 
 
 def run_trial(config: dict[str, Any], search: SearchFolder) -> None:
@@ -227,11 +245,21 @@ def run_trial(config: dict[str, Any], search: SearchFolder) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     job = with_values(search.job, config, f"trial {trial_id}")
-    job = job.model_copy(update={"mlflow": job.mlflow.model_copy(
-        update={"tracking_uri": search.tracking_uri, "run_name": f"trial-{trial_id}"})})  # fmt: skip
+    job = job.model_copy(
+        update={
+            "mlflow": job.mlflow.model_copy(
+                update={"tracking_uri": search.tracking_uri, "run_name": f"trial-{trial_id}"}
+            )
+        }
+    )
     folder = search.trial_dir(trial_id)
-    train(job, str(folder), resume=(folder / RUN_FILE).exists(), callbacks=[TuneReportCallback()],
-          tags={"mlflow.parentRunId": search.parent_run_id, "tune.trial_id": trial_id})  # fmt: skip
+    train(
+        job,
+        str(folder),
+        resume=(folder / RUN_FILE).exists(),
+        callbacks=[TuneReportCallback()],
+        tags={"mlflow.parentRunId": search.parent_run_id, "tune.trial_id": trial_id},
+    )
 
 
 def trial_runs(search: SearchFolder) -> dict[str, RunFolder]:
@@ -294,8 +322,13 @@ def tune_search(
                 path, job, spec, uri, _open_parent(MlflowClient(uri), job, spec, path, search_path)
             )
         client = MlflowClient(folder.tracking_uri)
-        tracking.retrying(client.update_run, folder.parent_run_id, status="RUNNING", what="opening the search run",
-                          patience_s=job.mlflow.patience_s)  # fmt: skip
+        tracking.retrying(
+            client.update_run,
+            folder.parent_run_id,
+            status="RUNNING",
+            what="opening the search run",
+            patience_s=job.mlflow.patience_s,
+        )
         folder.status = "running"
         folder.write()
         try:
@@ -345,26 +378,42 @@ def _start_local_ray(cpus: int, gpus: int) -> None:
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": address}})  # fmt: skip
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            num_gpus=gpus,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"RAY_ADDRESS": address}},
+        )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def _open_parent(client: MlflowClient, job: JobConfig, spec: SearchSpec, path: Path, search_path: str) -> str:
     """The search's parent MLflow run: the base config and the search space as params."""
-    parent_job = job.model_copy(update={"mlflow": job.mlflow.model_copy(
-        update={"run_name": job.mlflow.run_name or f"tune-{Path(search_path).stem}"})})  # fmt: skip
+    parent_job = job.model_copy(
+        update={
+            "mlflow": job.mlflow.model_copy(
+                update={"run_name": job.mlflow.run_name or f"tune-{Path(search_path).stem}"}
+            )
+        }
+    )
     commit = tracking.git_commit()
     tags = {"mktn.search": search_path, "git_commit": commit, "mlflow.source.git.commit": commit}
     run_id = tracking.open_run(client, parent_job, str(path), tags, job.mlflow.patience_s)
     params = [Param(f"search.space.{k}", d.describe()) for k, d in spec.space.items()] + [
-        Param("search.metric", spec.metric), Param("search.num_samples", str(spec.num_samples)),
+        Param("search.metric", spec.metric),
+        Param("search.num_samples", str(spec.num_samples)),
         Param("search.asha.grace_period", str(spec.asha.grace_period)),
         Param("search.asha.reduction_factor", str(spec.asha.reduction_factor)),
-    ]  # fmt: skip
-    tracking.retrying(client.log_batch, run_id, params=params, what="logging the search space",
-                      patience_s=job.mlflow.patience_s)  # fmt: skip
+    ]
+    tracking.retrying(
+        client.log_batch,
+        run_id,
+        params=params,
+        what="logging the search space",
+        patience_s=job.mlflow.patience_s,
+    )
     return run_id
 
 
@@ -398,37 +447,64 @@ def asha(settings: AshaConfig, epochs: int) -> Any:
     grace_period * reduction_factor^k epochs below `epochs`."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="epoch", max_t=max(epochs - 1, settings.grace_period),
-                         grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
-                         stop_last_trials=False)  # fmt: skip
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=max(epochs - 1, settings.grace_period),
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
-def _finish(client: MlflowClient, folder: SearchFolder, results: Any, register_as: str | None,
-            alias: str) -> SearchOutcome:  # fmt: skip
+def _finish(
+    client: MlflowClient, folder: SearchFolder, results: Any, register_as: str | None, alias: str
+) -> SearchOutcome:
     """Close the trials ASHA stopped, write the table and plot into the parent run, register the best trial."""
     patience, spec = folder.job.mlflow.patience_s, folder.spec
     runs = trial_runs(folder)
     for run in runs.values():
         if run.status == "running":  # ASHA stopped it mid-training
             tracking.set_tags(client, run.run_id, {"tune.stopped_early": "true"}, patience)
-            tracking.retrying(client.set_terminated, run.run_id, "KILLED", what="closing a stopped trial",
-                              patience_s=patience)  # fmt: skip
+            tracking.retrying(
+                client.set_terminated,
+                run.run_id,
+                "KILLED",
+                what="closing a stopped trial",
+                patience_s=patience,
+            )
             run.status = "stopped"
             run.write()
-    rows = [with_final_validation(client, row, patience) if row.status == "finished" else row
-            for row in trial_rows(results, runs)]  # fmt: skip
+    rows = [
+        with_final_validation(client, row, patience) if row.status == "finished" else row
+        for row in trial_rows(results, runs)
+    ]
     table = write_table(rows, list(spec.space), folder.path)
     plot = plot_metric(rows, spec.space, spec.metric, folder.path / "plots" / "search.png")
     for artifact in [*table, plot]:
-        tracking.retrying(client.log_artifact, folder.parent_run_id, str(artifact), what=f"logging {artifact.name}",
-                          patience_s=patience)  # fmt: skip
+        tracking.retrying(
+            client.log_artifact,
+            folder.parent_run_id,
+            str(artifact),
+            what=f"logging {artifact.name}",
+            patience_s=patience,
+        )
     best = best_trial(rows, spec.metric)
     registered = None
     if best is not None:
-        tracking.set_tags(client, folder.parent_run_id, {"best_trial_id": best.trial_id,
-                                                         "best_run_id": best.run_id or ""}, patience)  # fmt: skip
-        tracking.retrying(client.log_metric, folder.parent_run_id, tracking.mlflow_key(f"best/{spec.metric}"),
-                          best.metrics[spec.metric], what="logging the best metric", patience_s=patience)  # fmt: skip
+        tracking.set_tags(
+            client,
+            folder.parent_run_id,
+            {"best_trial_id": best.trial_id, "best_run_id": best.run_id or ""},
+            patience,
+        )
+        tracking.retrying(
+            client.log_metric,
+            folder.parent_run_id,
+            tracking.mlflow_key(f"best/{spec.metric}"),
+            best.metrics[spec.metric],
+            what="logging the best metric",
+            patience_s=patience,
+        )
         if register_as:
             registered = register(str(folder.trial_dir(best.trial_id)), register_as, alias)
     _close(client, folder, "FINISHED")
@@ -447,7 +523,12 @@ def with_final_validation(client: MlflowClient, row: TrialRow, patience: float) 
 
 
 def _close(client: MlflowClient, folder: SearchFolder, status: str) -> None:
-    tracking.retrying(client.set_terminated, folder.parent_run_id, status, what="closing the search run",
-                      patience_s=folder.job.mlflow.patience_s)  # fmt: skip
+    tracking.retrying(
+        client.set_terminated,
+        folder.parent_run_id,
+        status,
+        what="closing the search run",
+        patience_s=folder.job.mlflow.patience_s,
+    )
     folder.status = "finished" if status == "FINISHED" else "failed"
     folder.write()

@@ -33,8 +33,12 @@ class TrialRow:
     run_id: str | None
 
     def as_record(self, keys: list[str]) -> dict[str, Any]:
-        record: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
-                                  "run_id": self.run_id}  # fmt: skip
+        record: dict[str, Any] = {
+            "trial_id": self.trial_id,
+            "status": self.status,
+            "epochs": self.epochs,
+            "run_id": self.run_id,
+        }
         record |= {key: _cell(self.values.get(key)) for key in keys}
         return record | {k: self.metrics.get(k, math.nan) for k in METRIC_KEYS}
 
@@ -49,8 +53,11 @@ def trial_rows(results: Any, runs: dict[str, RunFolder]) -> list[TrialRow]:
         epochs = int(result.metrics.get("epoch", 0))
         status = "pending" if folder is None else "failed" if result.error is not None else folder.status
         metrics = {k: float(result.metrics[k]) for k in METRIC_KEYS if k in result.metrics}
-        rows.append(TrialRow(trial_id, dict(result.config), metrics, epochs, status,
-                             folder.run_id if folder else None))  # fmt: skip
+        rows.append(
+            TrialRow(
+                trial_id, dict(result.config), metrics, epochs, status, folder.run_id if folder else None
+            )
+        )
     return sorted(rows, key=lambda r: r.trial_id)
 
 

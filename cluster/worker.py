@@ -61,8 +61,9 @@ def train_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(job.train.seed)  # identical initial weights on every rank
     vocab = Vocab.from_json(plan.vocab_json)
-    model = build_model(job.model, vocab, plan.features["feature_dim"], plan.features["tokens_per_clip"],
-                        job.data.max_clips).to(device)  # fmt: skip
+    model = build_model(
+        job.model, vocab, plan.features["feature_dim"], plan.features["tokens_per_clip"], job.data.max_clips
+    ).to(device)
     engine, *_ = deepspeed.initialize(
         model=EngineModel(model),
         model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -78,9 +79,11 @@ def train_worker(config: dict[str, Any]) -> None:
         peak = _gather_peak_memory_mb(device, world)
         if rank == 0:
             plan.sink.log.remote([_epoch_record(state, metrics, peak)])
-            say(f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
+            say(
+                f"epoch {epoch + 1}/{job.train.epochs} (step {state.global_step}): loss {loss:.3f}; validation "
                 f"R1@0.5 {metrics['R1@0.5']:.1f} R5@0.5 {metrics['R5@0.5']:.1f} mIoU {metrics['mIoU']:.1f}; "
-                f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+                f"{time.perf_counter() - started:.0f} s"
+            )
         _report(engine, plan, state, rank, predictions)
 
 
@@ -102,9 +105,15 @@ def _restore(engine: Any, plan: TrainPlan, world: int) -> checkpoint.TrainState:
 
 
 def _train_epoch(
-    engine: Any, plan: TrainPlan, vocab: Vocab, epoch: int, state: checkpoint.TrainState, rank: int, world: int,
+    engine: Any,
+    plan: TrainPlan,
+    vocab: Vocab,
+    epoch: int,
+    state: checkpoint.TrainState,
+    rank: int,
+    world: int,
     device: torch.device,
-) -> float:  # fmt: skip
+) -> float:
     """One epoch over this rank's shards, in lockstep with the other ranks; step metrics to the sink.
     Returns the epoch's mean loss (over ranks and steps)."""
     job = plan.job
@@ -112,8 +121,15 @@ def _train_epoch(
     urls = [s.url for s in assignment.per_rank[rank]]
     if rank == 0:
         balance = {f"data/queries_rank{r}": q for r, q in enumerate(assignment.queries)}
-        plan.sink.log.remote([{"step": state.global_step, "ts": now_ms(),
-                               "values": balance | {"data/imbalance": assignment.imbalance}}])  # fmt: skip
+        plan.sink.log.remote(
+            [
+                {
+                    "step": state.global_step,
+                    "ts": now_ms(),
+                    "values": balance | {"data/imbalance": assignment.imbalance},
+                }
+            ]
+        )
     audit = _BatchAudit(plan.output, rank, job.train.log_every_steps) if job.train.record_batches else None
 
     first_pass: list[BatchStream] = []  # its corrupt-sample count is the epoch's (repeats see the same ones)
@@ -135,8 +151,16 @@ def _train_epoch(
         engine.backward(output.losses["total"])
         engine.step()
         state.global_step += 1
-        window.add(state.global_step, output.losses, output.phi, engine.get_lr()[0], batch.num_queries,
-                   batch.num_videos, step.data_wait_s, step.fresh)  # fmt: skip
+        window.add(
+            state.global_step,
+            output.losses,
+            output.phi,
+            engine.get_lr()[0],
+            batch.num_queries,
+            batch.num_videos,
+            step.data_wait_s,
+            step.fresh,
+        )
         if audit is not None:
             audit.write(epoch, state.global_step, step.fresh, batch)
         if state.global_step % job.train.log_every_steps == 0:

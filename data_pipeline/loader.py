@@ -106,9 +106,11 @@ def iter_batches(
     if data_cfg.loader_workers == 0:
         items = iter(dataset)
     else:
-        items = iter(torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=data_cfg.loader_workers, collate_fn=_identity
-        ))  # fmt: skip
+        items = iter(
+            torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=data_cfg.loader_workers, collate_fn=_identity
+            )
+        )
     if data_cfg.prefetch_batches > 0:
         items = Prefetch(items, data_cfg.prefetch_batches)
     return BatchStream(items, data_cfg.max_corrupt_samples)

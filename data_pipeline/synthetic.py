@@ -30,13 +30,45 @@ from data_pipeline.types import QueryAnnotation, VideoGroup
 QueryMix = Literal["charades", "activitynet", "tacos"]
 
 OBJECTS = (
-    "door", "window", "cup", "book", "laptop", "phone", "towel", "bag", "box", "shoe", "pillow", "blanket",
-    "sandwich", "bottle", "chair", "dish", "broom", "mirror", "knife", "onion", "plate", "pan", "cucumber", "bread",
-)  # fmt: skip
+    "door",
+    "window",
+    "cup",
+    "book",
+    "laptop",
+    "phone",
+    "towel",
+    "bag",
+    "box",
+    "shoe",
+    "pillow",
+    "blanket",
+    "sandwich",
+    "bottle",
+    "chair",
+    "dish",
+    "broom",
+    "mirror",
+    "knife",
+    "onion",
+    "plate",
+    "pan",
+    "cucumber",
+    "bread",
+)
 ACTIONS = (
-    "opens", "closes", "holds", "picks up", "puts down", "washes", "throws", "looks at", "cleans", "carries",
-    "cuts", "takes",
-)  # fmt: skip
+    "opens",
+    "closes",
+    "holds",
+    "picks up",
+    "puts down",
+    "washes",
+    "throws",
+    "looks at",
+    "cleans",
+    "carries",
+    "cuts",
+    "takes",
+)
 SUBJECTS = ("person", "a person", "the person", "someone", "the man", "a woman")
 SUFFIXES = ("", " slowly", " quickly", " again", " carefully", " in the room")
 
@@ -103,10 +135,21 @@ def generate(
     objects = _unit(world.standard_normal((len(OBJECTS), feature_dim)))
     actions = _unit(world.standard_normal((len(ACTIONS), feature_dim)))
     return [
-        _video(np.random.default_rng([seed, i]), f"syn-{split}-s{seed}-{i:06d}", profile, mean_q, clips,
-               objects, actions, num_patches, noise, query_mix, split)
+        _video(
+            np.random.default_rng([seed, i]),
+            f"syn-{split}-s{seed}-{i:06d}",
+            profile,
+            mean_q,
+            clips,
+            objects,
+            actions,
+            num_patches,
+            noise,
+            query_mix,
+            split,
+        )
         for i in range(num_videos)
-    ]  # fmt: skip
+    ]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

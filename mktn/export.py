@@ -69,9 +69,13 @@ def load_model(folder: str) -> MKTN:
     with fs.open(f"{root}/{VOCAB}", "r") as f:
         vocab = Vocab.from_json(f.read(), source=f"{folder}/{VOCAB}")
     model = MKTN(
-        ModelConfig.model_validate(meta["model"]), vocab, meta["feature_dim"], meta["tokens_per_clip"],
-        meta["max_clips"], saved_text=meta["text"],
-    )  # fmt: skip
+        ModelConfig.model_validate(meta["model"]),
+        vocab,
+        meta["feature_dim"],
+        meta["tokens_per_clip"],
+        meta["max_clips"],
+        saved_text=meta["text"],
+    )
     with fs.open(f"{root}/{WEIGHTS}", "rb") as f:
         state = load_safetensors(f.read())
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -79,7 +83,9 @@ def load_model(folder: str) -> MKTN:
     if expected != found:
         missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
         resized = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-        raise ValueError(f"{folder}/{WEIGHTS} does not match its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, other shape {resized[:5]}")  # fmt: skip
+        raise ValueError(
+            f"{folder}/{WEIGHTS} does not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shape {resized[:5]}"
+        )
     model.load_state_dict(state)
     return model.eval()

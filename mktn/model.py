@@ -71,8 +71,10 @@ class MKTN(nn.Module):
     ):
         super().__init__()
         if feature_dim < 1 or tokens_per_clip < 1 or max_clips < 1:
-            raise ValueError(f"feature_dim, tokens_per_clip and max_clips must be >= 1, got "
-                             f"{feature_dim}, {tokens_per_clip}, {max_clips}")  # fmt: skip
+            raise ValueError(
+                f"feature_dim, tokens_per_clip and max_clips must be >= 1, got "
+                f"{feature_dim}, {tokens_per_clip}, {max_clips}"
+            )
         self.cfg, self.vocab = cfg, vocab
         self.feature_dim, self.tokens_per_clip, self.max_clips = feature_dim, tokens_per_clip, max_clips
         d, heads, drop = cfg.d_model, cfg.num_heads, cfg.dropout
@@ -184,9 +186,10 @@ class MKTN(nn.Module):
             pairs.phrases, pairs.phrase_mask = self.opm.phrases(text.words, text.mask)
         if self.apa is not None:
             objects, object_mask = (
-                (pairs.appearance, pairs.appearance_mask) if self.opm is not None
+                (pairs.appearance, pairs.appearance_mask)
+                if self.opm is not None
                 else clip_units(videos.tokens, videos.mask, self.cfg.opm.window)
-            )  # fmt: skip
+            )
             pairs.activities = self.apa.prototypes(objects, object_mask, videos.clips, videos.mask)
             pairs.sentence = text.sentence
         return pairs
@@ -232,11 +235,15 @@ class MKTN(nn.Module):
         """Clear errors for batches that do not fit this model (instead of a shape error deep inside)."""
         _, t, p, d = batch.video_feats.shape
         if d != self.feature_dim or p != self.tokens_per_clip:
-            raise ValueError(f"batch features have {p} tokens/clip of dim {d}; the model was built for "
-                             f"{self.tokens_per_clip} tokens/clip of dim {self.feature_dim}")  # fmt: skip
+            raise ValueError(
+                f"batch features have {p} tokens/clip of dim {d}; the model was built for "
+                f"{self.tokens_per_clip} tokens/clip of dim {self.feature_dim}"
+            )
         if batch.word_ids.numel() and int(batch.word_ids.max()) >= len(self.vocab):
-            raise ValueError(f"word id {int(batch.word_ids.max())} is outside the model's vocabulary of "
-                             f"{len(self.vocab)} words: encode sentences with the model's vocab")  # fmt: skip
+            raise ValueError(
+                f"word id {int(batch.word_ids.max())} is outside the model's vocabulary of "
+                f"{len(self.vocab)} words: encode sentences with the model's vocab"
+            )
 
 
 def build_model(

@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Vocab(f"w{i}" for i in range(args.vocab_size - 2))
     for backbone in ("span", "proposal_map"):
         for mode in ("multi_pair", "single_pair"):
-            model = build_model(ModelConfig(backbone=backbone, mode=mode), vocab, args.feature_dim,
-                                args.tokens_per_clip, args.max_clips)  # fmt: skip
+            model = build_model(
+                ModelConfig(backbone=backbone, mode=mode),
+                vocab,
+                args.feature_dim,
+                args.tokens_per_clip,
+                args.max_clips,
+            )
             print(f"== backbone={backbone} mode={mode} ==")
             print("\n".join(module_tree(model, args.depth)))
             print()

@@ -29,9 +29,13 @@ class SparseAggregator(nn.Module):
     def __init__(self, d_model: int, num_prototypes: int):
         super().__init__()
         self.weights = nn.Sequential(
-            nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
-            nn.Linear(d_model, num_prototypes), nn.ReLU(),
-        )  # fmt: skip
+            nn.Linear(d_model, d_model),
+            nn.ReLU(),
+            nn.Linear(d_model, d_model),
+            nn.ReLU(),
+            nn.Linear(d_model, num_prototypes),
+            nn.ReLU(),
+        )
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens (..., N, d) with mask (..., N) -> prototypes (..., num_prototypes, d).

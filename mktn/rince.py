@@ -51,8 +51,13 @@ class RINCE(nn.Module):
         same_video = query_video[None, :] == query_video[:, None]  # (B_q, B_q): k is a positive of j's video
         q = torch.arange(len(query_video), device=sim.device)
         # Eq. 6: row = positive pair (video(j), j) over queries; candidates j and queries of other videos.
-        q_to_v = rince(logits[query_video], q, ~same_video | torch.eye(len(q), dtype=torch.bool, device=sim.device),
-                       self.tau, self.alpha)  # fmt: skip
+        q_to_v = rince(
+            logits[query_video],
+            q,
+            ~same_video | torch.eye(len(q), dtype=torch.bool, device=sim.device),
+            self.tau,
+            self.alpha,
+        )
         # Eq. 7: row = query j over all videos.
         v_to_q = rince(
             logits.T, query_video, torch.ones_like(logits.T, dtype=torch.bool), self.tau, self.alpha

@@ -86,8 +86,10 @@ def check(config: str, overrides: list[str], out: str) -> int:
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
     )
-    print(f"device: {_device_name(device)}; model: {params / 1e6:.1f} M parameters; ZeRO-{job.deepspeed.zero_stage}, "
-          f"bf16={ds_config['bf16']['enabled']}, offload_optimizer={job.deepspeed.offload_optimizer}")  # fmt: skip
+    print(
+        f"device: {_device_name(device)}; model: {params / 1e6:.1f} M parameters; ZeRO-{job.deepspeed.zero_stage}, "
+        f"bf16={ds_config['bf16']['enabled']}, offload_optimizer={job.deepspeed.offload_optimizer}"
+    )
 
     started = time.perf_counter()
     output = engine(batch, progress=0.0)
@@ -110,13 +112,18 @@ def check(config: str, overrides: list[str], out: str) -> int:
 
     started = time.perf_counter()
     state = checkpoint.TrainState(global_step=1, world_size=1, zero_stage=job.deepspeed.zero_stage)
-    files = {"job.json": job.model_dump(mode="json"), "text_state.json": engine.module.text_state(),
-             "features.json": features | {"max_clips": job.data.max_clips}}  # fmt: skip
+    files = {
+        "job.json": job.model_dump(mode="json"),
+        "text_state.json": engine.module.text_state(),
+        "features.json": features | {"max_clips": job.data.max_clips},
+    }
     checkpoint.save(engine, out, state, rank=0, files=files)
     restored = checkpoint.load(engine, out)
     size_mb = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20
-    print(f"checkpoint: {size_mb:.1f} MB written to {out} and loaded back (global step {restored.global_step}) "
-          f"in {time.perf_counter() - started:.2f} s")  # fmt: skip
+    print(
+        f"checkpoint: {size_mb:.1f} MB written to {out} and loaded back (global step {restored.global_step}) "
+        f"in {time.perf_counter() - started:.2f} s"
+    )
     print("ok")
     return 0
 
@@ -126,8 +133,14 @@ def _single_process_group_env() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():  # fmt: skip
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+    }.items():
         os.environ.setdefault(key, value)
 
 

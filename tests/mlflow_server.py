@@ -34,9 +34,20 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        args = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
-                str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", self.artifacts]  # fmt: skip
+        args = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            self.artifacts,
+        ]
         with (self.root / "server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

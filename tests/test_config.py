@@ -23,8 +23,13 @@ def test_every_shipped_config_validates():
 def test_dotted_overrides_parse_yaml_values():
     cfg = load_config(
         str(ROOT / "configs/synthetic.yaml"),
-        ["data.train=s3://b/train", "cluster.num_workers=3", "deepspeed.zero_stage=3", "model.csm.enabled=false",
-         "train.lr=3e-4"],
+        [
+            "data.train=s3://b/train",
+            "cluster.num_workers=3",
+            "deepspeed.zero_stage=3",
+            "model.csm.enabled=false",
+            "train.lr=3e-4",
+        ],
     )
     assert cfg.data.train == "s3://b/train"
     assert cfg.cluster.num_workers == 3
@@ -34,7 +39,9 @@ def test_dotted_overrides_parse_yaml_values():
 
 
 def test_unknown_key_suggests_the_closest_name():
-    with pytest.raises(ConfigError, match=r"unknown key 'model\.avm\.shedule' \(did you mean 'model\.avm\.schedule'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'model\.avm\.shedule' \(did you mean 'model\.avm\.schedule'\?\)"
+    ):
         load_config(None, ["model.avm.shedule=linear"])
 
 
@@ -68,7 +75,9 @@ def test_flat_params_cover_every_leaf():
     assert all(not isinstance(v, dict) or not v for v in flat.values())
 
 
-_keys = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12), min_size=1, max_size=4)
+_keys = st.lists(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12), min_size=1, max_size=4
+)
 _values = st.one_of(st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=20), st.none())
 
 

@@ -278,16 +278,31 @@ def _good(key: str = "vid") -> dict:
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        (lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"]), ("vid.txt", b"x")], r"members \['json', 'npy', 'txt'\]"),
-        (lambda g: [("vid.npy", g["npy"]), ("vid.pickle", g["json"])], r"members \['npy', 'pickle'\], expected exactly"),
-        (lambda g: [("vid.npy", g["npy"]), ("vid.json", b'{"format": "mktn-video-v1"}')], r"JSON does not match the sample schema"),
-        (lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"].replace(b'"start": ', b'"start": -'))], r"outside 0 <= start < end"),
-        (lambda g: [("vid.npy", pickle.dumps(_Boom())), ("vid.json", g["json"])], r"refusing a pickled/object \.npy"),
+        (
+            lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"]), ("vid.txt", b"x")],
+            r"members \['json', 'npy', 'txt'\]",
+        ),
+        (
+            lambda g: [("vid.npy", g["npy"]), ("vid.pickle", g["json"])],
+            r"members \['npy', 'pickle'\], expected exactly",
+        ),
+        (
+            lambda g: [("vid.npy", g["npy"]), ("vid.json", b'{"format": "mktn-video-v1"}')],
+            r"JSON does not match the sample schema",
+        ),
+        (
+            lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"].replace(b'"start": ', b'"start": -'))],
+            r"outside 0 <= start < end",
+        ),
+        (
+            lambda g: [("vid.npy", pickle.dumps(_Boom())), ("vid.json", g["json"])],
+            r"refusing a pickled/object \.npy",
+        ),
         (lambda g: [("../evil.npy", g["npy"]), ("../evil.json", g["json"])], r"sample key must match"),
         (lambda g: [("/abs/evil.npy", g["npy"]), ("/abs/evil.json", g["json"])], r"sample key must match"),
         (lambda g: [("vid.npy", None), ("vid.json", g["json"])], r"members \['json'\], expected exactly"),
     ],
-)  # fmt: skip
+)
 def test_bad_samples_are_skipped_counted_and_never_executed(
     small: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members, message: str
 ) -> None:

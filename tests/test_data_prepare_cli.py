@@ -43,8 +43,17 @@ def test_prepare_charades_orig_with_skip(
     ann = tmp_path / "subset.txt"
     ann.write_text("\n".join(lines[:200] + bad) + "\n")
     write_npy_features(tmp_path / "feats", {ln.split()[0] for ln in lines[:200] + bad}, dim=6)
-    common = ["prepare", "charades-sta", "--annotations", str(ann), "--features", str(tmp_path / "feats"),
-              "--durations", str(shared_data / "charades_sta/Charades_v1_train.csv"), "--no-progress"]  # fmt: skip
+    common = [
+        "prepare",
+        "charades-sta",
+        "--annotations",
+        str(ann),
+        "--features",
+        str(tmp_path / "feats"),
+        "--durations",
+        str(shared_data / "charades_sta/Charades_v1_train.csv"),
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "a")]) == 2
     assert "subset.txt:201: start 8.0 >= end 7.0" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
@@ -72,8 +81,22 @@ def test_prepare_generic_and_moment_detr_errors(tmp_path: Path, capsys: pytest.C
     md.write_text(
         '{"qid": 1, "query": "q", "duration": 9, "vid": "v.1", "relevant_windows": [[1, 2]]}\n{"qid": 2}\n'
     )
-    assert main(["prepare", "moment-detr", "--annotations", str(md), "--features", str(tmp_path / "feats"),
-                 "--out", str(tmp_path / "m"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "moment-detr",
+                "--annotations",
+                str(md),
+                "--features",
+                str(tmp_path / "feats"),
+                "--out",
+                str(tmp_path / "m"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "m.jsonl:2: missing key 'relevant_windows'" in capsys.readouterr().err
 
 

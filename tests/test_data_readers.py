@@ -107,19 +107,46 @@ def test_generic_jsonl(tmp_path: Path) -> None:
         ("charades-sta", "AO8RW nan 3.0##a person reads\n", r":1: START must be a finite number, got nan"),
         ("charades-sta", "", r"file is empty"),
         ("charades-sta", "  \n\n", r"file is empty"),
-        ("generic", '{"video_id": "v", "duration": 9, "start": 1, "end": 2}\n', r":1: missing key 'sentence'"),
-        ("generic", '{"video_id": "v", "duration": 9, "start": 1, "end": 2, "sentense": "x"}\n', r"unknown keys"),
-        ("generic", '{"video_id": "v", "duration": 9, "start": "1", "end": 2, "sentence": "x"}\n', r"start must be a"),
+        (
+            "generic",
+            '{"video_id": "v", "duration": 9, "start": 1, "end": 2}\n',
+            r":1: missing key 'sentence'",
+        ),
+        (
+            "generic",
+            '{"video_id": "v", "duration": 9, "start": 1, "end": 2, "sentense": "x"}\n',
+            r"unknown keys",
+        ),
+        (
+            "generic",
+            '{"video_id": "v", "duration": 9, "start": "1", "end": 2, "sentence": "x"}\n',
+            r"start must be a",
+        ),
         ("generic", '{"video_id": "v", "duration": 9,\n', r":1: invalid JSON"),
         ("generic", "[1, 2]\n", r":1: expected a JSON object"),
-        ("moment-detr", '{"qid": 1, "query": "q", "duration": 9, "vid": "v", "relevant_windows": [[1, 2], [3, 4]]}',
-         r":1: expected exactly one relevant window"),
+        (
+            "moment-detr",
+            '{"qid": 1, "query": "q", "duration": 9, "vid": "v", "relevant_windows": [[1, 2], [3, 4]]}',
+            r":1: expected exactly one relevant window",
+        ),
         ("activitynet", '{"v": {"duration": 9, "timestamps": [[1, 2]], "sentences": []}}', r"same length"),
-        ("activitynet", '{"v": {"duration": 9, "timestamps": [[1]], "sentences": ["a"]}}', r"v\[0\]: timestamp must be"),
-        ("activitynet", '{"v": {"duration": 9, "timestamps": [[1, 2]], "sentences": ["a"]}', r":1:\d+: invalid JSON"),
-        ("tacos", '{"v.avi": {"fps": 0, "num_frames": 9, "timestamps": [[1, 2]], "sentences": ["a"]}}', r"fps must be > 0"),
+        (
+            "activitynet",
+            '{"v": {"duration": 9, "timestamps": [[1]], "sentences": ["a"]}}',
+            r"v\[0\]: timestamp must be",
+        ),
+        (
+            "activitynet",
+            '{"v": {"duration": 9, "timestamps": [[1, 2]], "sentences": ["a"]}',
+            r":1:\d+: invalid JSON",
+        ),
+        (
+            "tacos",
+            '{"v.avi": {"fps": 0, "num_frames": 9, "timestamps": [[1, 2]], "sentences": ["a"]}}',
+            r"fps must be > 0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_input_names_file_and_line(tmp_path: Path, fmt: str, content: str, message: str) -> None:
     path = tmp_path / "ann.txt"
     path.write_text(content)

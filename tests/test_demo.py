@@ -18,8 +18,14 @@ pytestmark = pytest.mark.slow
 
 
 def _demo(output: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "demo", "--output", str(output)], cwd=REPO,
-                          env=job_env(), capture_output=True, text=True, timeout=1800)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "demo", "--output", str(output)],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
 

@@ -16,8 +16,12 @@ def test_model_card_lists_both_backbones(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--feature-dim", "32", "--max-clips", "16", "--vocab-size", "100", "--depth", "1"]) == 0
     text = capsys.readouterr().out
     sections = re.findall(r"== backbone=(\w+) mode=(\w+) ==", text)
-    assert sections == [("span", "multi_pair"), ("span", "single_pair"),
-                        ("proposal_map", "multi_pair"), ("proposal_map", "single_pair")]  # fmt: skip
+    assert sections == [
+        ("span", "multi_pair"),
+        ("span", "single_pair"),
+        ("proposal_map", "multi_pair"),
+        ("proposal_map", "single_pair"),
+    ]
     assert "head (SpanHead)" in text and "head (ProposalMapHead)" in text and "csm (CSM)" in text
 
 

@@ -39,8 +39,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             g /= WORLD
         if rank == 0:
             losses = {k: out.losses[k].detach().reshape(1) for k in ("L_CL", "L_1")}
-            save_file({f"grad.{k}": v for k, v in grads.items()} | {f"loss.{k}": v for k, v in losses.items()},
-                      f"{out_dir}/rank0.safetensors")  # fmt: skip
+            save_file(
+                {f"grad.{k}": v for k, v in grads.items()} | {f"loss.{k}": v for k, v in losses.items()},
+                f"{out_dir}/rank0.safetensors",
+            )
     finally:
         dist.destroy_process_group()
 

@@ -191,6 +191,7 @@ def test_proposal_map_loss_is_scaled_bce_on_2d_tan_targets(bce_scale: float) -> 
             p = torch.sigmoid(logits[0, s, e]).item()
             expected -= y * math.log(p) + (1 - y) * math.log(1 - p)
             cells += 1
-    loss = head.loss(HeadOutput(logits, logits), clip_mask, torch.tensor([0]), torch.tensor([1]),
-                     torch.tensor([truth]))  # fmt: skip
+    loss = head.loss(
+        HeadOutput(logits, logits), clip_mask, torch.tensor([0]), torch.tensor([1]), torch.tensor([truth])
+    )
     assert cells == 6 and loss.item() == pytest.approx(bce_scale * expected / cells, rel=1e-5)

@@ -27,7 +27,9 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.timeout(1800)  # about 65 s of CPU, but a machine shared with other jobs can stretch the wall time
+@pytest.mark.timeout(
+    1800
+)  # about 65 s of CPU, but a machine shared with other jobs can stretch the wall time
 def test_full_model_reaches_80_percent_r1_at_05() -> None:
     job = load_config(str(CONFIG))
     assert job.model.mode == "multi_pair" and job.model.csm.enabled and job.model.avm.enabled

@@ -54,8 +54,12 @@ def test_full_model_losses_and_phi() -> None:
     assert out.phi == pytest.approx(0.9)
     assert all(out.losses[k].item() > 0 for k in LOSS_KEYS)
     w = model.cfg.loss
-    expected = (w.cl_weight * out.losses["L_CL"] + w.lambda_1 * out.losses["L_1"] + w.gamma * out.losses["L_2"]
-                + w.mu * out.losses["L_3"])  # fmt: skip
+    expected = (
+        w.cl_weight * out.losses["L_CL"]
+        + w.lambda_1 * out.losses["L_1"]
+        + w.gamma * out.losses["L_2"]
+        + w.mu * out.losses["L_3"]
+    )
     torch.testing.assert_close(out.losses["total"], expected)  # Eq. 11
     out.losses["total"].backward()
     assert model.rince is not None and model.rince.raw_tau.grad is not None

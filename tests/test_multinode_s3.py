@@ -103,8 +103,22 @@ class Scenario:
         """MLflow experiment with its artifacts in the bucket, the dataset in the bucket, then the cluster."""
         client = MlflowClient(self.env["MLFLOW_TRACKING_URI"])
         client.create_experiment("mktn", artifact_location=f"{self.bucket}/mlflow")
-        self.run([str(BIN / "mktn"), "prepare", "synthetic", "--out", self.data, "--videos", "40",
-                  "--val-videos", "16", "--shard-size-mb", "0.3", "--no-progress"])  # fmt: skip
+        self.run(
+            [
+                str(BIN / "mktn"),
+                "prepare",
+                "synthetic",
+                "--out",
+                self.data,
+                "--videos",
+                "40",
+                "--val-videos",
+                "16",
+                "--shard-size-mb",
+                "0.3",
+                "--no-progress",
+            ]
+        )
         started = time.monotonic()
         self.cluster.start_head()
         self.cluster.add_node("node2")
@@ -113,18 +127,28 @@ class Scenario:
     def submit(self, run_name: str, epochs: int, *extra: str) -> str:
         """`ray job submit --no-wait --working-dir . -- mktn train ...`; returns the job id."""
         entrypoint = [
-            "mktn", "train", "configs/synthetic.yaml", f"data.train={self.data}/train", f"data.val={self.data}/val",
-            *TRAIN_OVERRIDES, f"train.epochs={epochs}", f"cluster.storage_path={self.bucket}/runs/{run_name}/ray",
-            "--output", str(self.tmp / run_name), *extra,
-        ]  # fmt: skip
+            "mktn",
+            "train",
+            "configs/synthetic.yaml",
+            f"data.train={self.data}/train",
+            f"data.val={self.data}/val",
+            *TRAIN_OVERRIDES,
+            f"train.epochs={epochs}",
+            f"cluster.storage_path={self.bucket}/runs/{run_name}/ray",
+            "--output",
+            str(self.tmp / run_name),
+            *extra,
+        ]
         out = self.ray_job("submit", "--no-wait", "--working-dir", ".", "--", *entrypoint)
         job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
         self.jobs.append(job)
         return job
 
     def ray_job(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run([str(BIN / "ray"), "job", *args[:1], "--address", self.cluster.dashboard_url, *args[1:]],
-                        check=check)  # fmt: skip
+        return self.run(
+            [str(BIN / "ray"), "job", *args[:1], "--address", self.cluster.dashboard_url, *args[1:]],
+            check=check,
+        )
 
     def job_status(self, job_id: str) -> str:
         """The job's status from the Ray Jobs REST API (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED)."""
@@ -294,8 +318,19 @@ def _predict_from_the_object_store(s: Scenario, run_id: str) -> None:
         ]
     with fsspec.open(f"{s.bucket}/predict/queries.jsonl", "w") as f:
         f.write("\n".join(lines) + "\n")
-    s.run([str(BIN / "mktn"), "predict", f"runs:/{run_id}/model", "--features", f"{s.bucket}/predict/features",
-           "--queries", f"{s.bucket}/predict/queries.jsonl", "--out", f"{s.bucket}/predict/predictions.jsonl"])  # fmt: skip
+    s.run(
+        [
+            str(BIN / "mktn"),
+            "predict",
+            f"runs:/{run_id}/model",
+            "--features",
+            f"{s.bucket}/predict/features",
+            "--queries",
+            f"{s.bucket}/predict/queries.jsonl",
+            "--out",
+            f"{s.bucket}/predict/predictions.jsonl",
+        ]
+    )
     with fsspec.open(f"{s.bucket}/predict/predictions.jsonl", "r") as f:
         records = [json.loads(line) for line in f]
     assert len(records) == len(lines) and all(len(r["moments"]) == 5 for r in records)
@@ -342,8 +377,10 @@ def test_run_folder_on_s3_trains_resumes_and_evaluates(
     mlflow_server.artifacts = f"{s3_bucket}/mlflow"
     timed("mlflow server start", mlflow_server.start)
     data, out, log = f"{s3_bucket}/data", f"{s3_bucket}/runs/r1", tmp_path / "train.log"
-    timed("prepare (in process) --out s3://", lambda: prepare_synthetic(data, videos=48, val_videos=16,
-                                                                        shard_size_mb=0.1, progress=False))  # fmt: skip
+    timed(
+        "prepare (in process) --out s3://",
+        lambda: prepare_synthetic(data, videos=48, val_videos=16, shard_size_mb=0.1, progress=False),
+    )
     args = train_args(out, (f"{data}/train", f"{data}/val"), "cluster.num_workers=2", "train.epochs=1")
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
     timed(f"mktn train ... --output {out} (1 epoch)", lambda: run(args, log, **env))
@@ -360,8 +397,15 @@ def test_run_folder_on_s3_trains_resumes_and_evaluates(
     print("\n".join(f"{size:10d}  {key}" for key, size in sorted(keys.items())))
 
     run_keys = {k.removeprefix("runs/r1/") for k in keys if k.startswith("runs/r1/")}
-    assert {"run.json", "eval.json", "model/model.safetensors", "model/config.json", "model/vocab.json",
-            "plots/training_curves.png", "plots/val_moments.png"} <= run_keys  # fmt: skip
+    assert {
+        "run.json",
+        "eval.json",
+        "model/model.safetensors",
+        "model/config.json",
+        "model/vocab.json",
+        "plots/training_curves.png",
+        "plots/val_moments.png",
+    } <= run_keys
     for epoch in (1, 2):
         assert f"ray/train/checkpoint_epoch{epoch:04d}/mktn_state.json" in run_keys
     assert {k.split("/")[1] for k in run_keys if k.startswith("batches/")} == {"rank-0", "rank-1"}

@@ -30,8 +30,16 @@ def lighthouse_rows(path: Path, limit: int) -> list[dict]:
         for line in f:
             obj = json.loads(line)
             start, end = obj["relevant_windows"][0]
-            rows.append({"video_id": obj["vid"], "sentence": obj["query"], "duration": obj["duration"],
-                         "query_id": str(obj["qid"]), "start": start, "end": min(end, obj["duration"])})  # fmt: skip
+            rows.append(
+                {
+                    "video_id": obj["vid"],
+                    "sentence": obj["query"],
+                    "duration": obj["duration"],
+                    "query_id": str(obj["qid"]),
+                    "start": start,
+                    "end": min(end, obj["duration"]),
+                }
+            )
             if len(rows) == limit:
                 break
     return rows
@@ -51,8 +59,10 @@ def charades(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 def queries_of(rows: list[dict]) -> list[Query]:
-    return [Query(i + 1, r["video_id"], r["sentence"], r["duration"], r["query_id"], (r["start"], r["end"]))
-            for i, r in enumerate(rows)]  # fmt: skip
+    return [
+        Query(i + 1, r["video_id"], r["sentence"], r["duration"], r["query_id"], (r["start"], r["end"]))
+        for i, r in enumerate(rows)
+    ]
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -160,8 +170,11 @@ def test_a_video_over_the_query_limit_is_refused_naming_it(shared_data: Path) ->
         queries_of(rows), feats.__getitem__
     )
     refused = {e.row for e in result.errors}
-    assert all(f"video {big!r} has {counts[big]} queries, over the limit max_queries_per_video=30" in e.message
-               for e in result.errors if e.message.startswith(f"video {big!r}"))  # fmt: skip
+    assert all(
+        f"video {big!r} has {counts[big]} queries, over the limit max_queries_per_video=30" in e.message
+        for e in result.errors
+        if e.message.startswith(f"video {big!r}")
+    )
     assert {q.row for q in queries_of(rows) if q.video_id == big} <= refused
     assert {q.row for q in queries_of(rows) if counts[q.video_id] <= 30} == set(result.moments)
 
@@ -177,8 +190,16 @@ def test_oversized_and_undecodable_lines_are_row_errors(tmp_path: Path) -> None:
     assert errors[0] == RowError(2, "line is longer than the limit max_line_bytes=1000")
     assert errors[1].row == 3 and "utf-8" in errors[1].message
     with fsspec.open("memory://predict/q.jsonl", "wb") as f:  # lines across read chunks, from any fsspec URL
-        f.write(b"\n".join([ok.encode(), json.dumps({"video_id": "v" * 200_000, "sentence": "a b", "duration": 1})
-                            .encode(), b"\xff" * 300_000, ok.encode()]))  # fmt: skip
+        f.write(
+            b"\n".join(
+                [
+                    ok.encode(),
+                    json.dumps({"video_id": "v" * 200_000, "sentence": "a b", "duration": 1}).encode(),
+                    b"\xff" * 300_000,
+                    ok.encode(),
+                ]
+            )
+        )
     queries, errors = read_queries("memory://predict/q.jsonl", Limits(max_line_bytes=1 << 18))
     assert [q.row for q in queries] == [1, 2, 4] and len(queries[1].video_id) == 200_000
     assert errors == [RowError(3, "line is longer than the limit max_line_bytes=262144")]
@@ -194,8 +215,22 @@ def test_cli_writes_predictions_errors_metrics_and_figures(charades: dict, tmp_p
     lines = [json.dumps(r) for r in rows[:4]] + ['{"video_id": "x"}'] + [json.dumps(r) for r in rows[4:]]
     queries = write_jsonl(tmp_path / "queries.jsonl", lines)
     out, figures = tmp_path / "preds.jsonl", tmp_path / "figures"
-    code = main(["predict", str(folder), "--features", str(charades["root"] / "features"), "--queries", str(queries),
-                 "--top-k", "3", "--out", str(out), "--visualize", str(figures)])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(folder),
+            "--features",
+            str(charades["root"] / "features"),
+            "--queries",
+            str(queries),
+            "--top-k",
+            "3",
+            "--out",
+            str(out),
+            "--visualize",
+            str(figures),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1  # one line failed; the others were predicted
     assert f"{queries}:5: missing 'sentence'" in err
@@ -216,9 +251,27 @@ def test_cli_writes_predictions_errors_metrics_and_figures(charades: dict, tmp_p
 
 def test_cli_refuses_bad_arguments_with_a_clear_error(charades: dict, tmp_path: Path, capsys) -> None:
     queries = write_jsonl(tmp_path / "q.jsonl", [json.dumps(charades["rows"][0])])
-    code = main(["predict", str(tmp_path / "missing-model"), "--features", str(charades["root"] / "features"),
-                 "--queries", str(queries)])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "missing-model"),
+            "--features",
+            str(charades["root"] / "features"),
+            "--queries",
+            str(queries),
+        ]
+    )
     assert code == 2 and "mktn predict: error:" in capsys.readouterr().err
-    code = main(["predict", str(tmp_path), "--features", str(charades["root"] / "features"), "--queries",
-                 str(queries), "--top-k", "0"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(tmp_path),
+            "--features",
+            str(charades["root"] / "features"),
+            "--queries",
+            str(queries),
+            "--top-k",
+            "0",
+        ]
+    )
     assert code == 2 and "--top-k must be >= 1" in capsys.readouterr().err

@@ -107,8 +107,20 @@ def test_predict_cli_loads_the_registered_model_by_alias(registered: dict, tmp_p
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(r) + "\n" for r in registered["rows"][:5]))
     out = tmp_path / "preds.jsonl"
-    code = main(["predict", "models:/mktn-test@champion", "--tracking-uri", registered["uri"], "--features",
-                 str(registered["root"] / "features"), "--queries", str(queries), "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            "models:/mktn-test@champion",
+            "--tracking-uri",
+            registered["uri"],
+            "--features",
+            str(registered["root"] / "features"),
+            "--queries",
+            str(queries),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (
         os.environ.get("MLFLOW_TRACKING_URI") == before
@@ -146,7 +158,9 @@ def test_the_config_tag_is_the_training_runs_config_on_every_version(
     job = load_config(None, ["data.train=/d/train", "data.val=/d/val"])
     run_id = tracking.open_run(MlflowClient(uri), job, str(tmp_path), {}, patience_s=5)
     found = ModelSource(registered["model"], uri, run_id, DataConfig(max_words=7))
-    monkeypatch.setattr(registry, "open_model", lambda source: found)  # a run folder of that run, without training
+    monkeypatch.setattr(
+        registry, "open_model", lambda source: found
+    )  # a run folder of that run, without training
     versions = [registry.register("folder", "mktn-run", "champion") for _ in range(2)]
     assert {"max_words", "max_queries_per_batch"} <= set(MlflowClient(uri).get_run(run_id).data.params)
     expected = {k: str(v) for k, v in job.flat().items()}

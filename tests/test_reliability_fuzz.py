@@ -54,9 +54,10 @@ _weird_numbers = st.one_of(
 _numbers = st.one_of(st.integers(-5, 60), st.floats(-5, 60, allow_nan=False), _weird_numbers)
 _scalars = st.one_of(_numbers, st.text(max_size=8), st.booleans(), st.none())
 _anything = st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
-)  # fmt: skip
+)
 _video_ids = st.sampled_from(["v1", "v2", "v3", "ghost", "../v1", "a/b", "", " ", "v1\x00", ".."]) | st.text(
     max_size=6
 )
@@ -71,9 +72,9 @@ def _sometimes(good: st.SearchStrategy, bad: st.SearchStrategy = _anything) -> s
 def _maybe_missing(fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
     """A dict with each field present (mostly) or missing, plus now and then an unknown key."""
     present = {k: _sometimes(v) for k, v in fields.items()}
-    return st.fixed_dictionaries(
-        {}, optional={**present, "extra": _anything}
-    ) | st.fixed_dictionaries(present)  # fmt: skip
+    return st.fixed_dictionaries({}, optional={**present, "extra": _anything}) | st.fixed_dictionaries(
+        present
+    )
 
 
 def _window() -> st.SearchStrategy:
@@ -180,23 +181,32 @@ _junk_lines = st.lists(
 @given(
     lines=st.lists(
         st.tuples(
-            _video_ids, _sometimes(_numbers, st.text(max_size=5)), _sometimes(_numbers, st.text(max_size=5)),
-            st.sampled_from(["##", "#", " ", "## ##"]), _sentences,
+            _video_ids,
+            _sometimes(_numbers, st.text(max_size=5)),
+            _sometimes(_numbers, st.text(max_size=5)),
+            st.sampled_from(["##", "#", " ", "## ##"]),
+            _sentences,
         ).map(lambda t: f"{t[0]} {t[1]} {t[2]}{t[3]}{t[4]}".encode())
         | st.binary(max_size=30),
         max_size=6,
     ),
     durations=st.none() | st.dictionaries(_video_ids, st.floats(-5, 60) | st.just(30.0), max_size=4),
-)  # fmt: skip
+)
 def test_fuzz_charades_sta(lines: list[bytes], durations: dict[str, float] | None) -> None:
     data = b"\n".join(lines)
     _check("charades-sta", data, _non_blank_lines(data), durations=durations)
 
 
 _generic_row = _maybe_missing(
-    {"video_id": _video_ids, "duration": _numbers, "start": _numbers, "end": _numbers, "sentence": _sentences,
-     "query_id": st.text(max_size=3)}
-)  # fmt: skip
+    {
+        "video_id": _video_ids,
+        "duration": _numbers,
+        "start": _numbers,
+        "end": _numbers,
+        "sentence": _sentences,
+        "query_id": st.text(max_size=3),
+    }
+)
 
 
 @FUZZ
@@ -207,9 +217,14 @@ def test_fuzz_generic_jsonl(rows: list[dict], junk: list[bytes]) -> None:
 
 
 _moment_detr_row = _maybe_missing(
-    {"qid": st.integers() | st.text(max_size=3), "query": _sentences, "duration": _numbers, "vid": _video_ids,
-     "relevant_windows": st.lists(_window(), max_size=2)}
-)  # fmt: skip
+    {
+        "qid": st.integers() | st.text(max_size=3),
+        "query": _sentences,
+        "duration": _numbers,
+        "vid": _video_ids,
+        "relevant_windows": st.lists(_window(), max_size=2),
+    }
+)
 
 
 @FUZZ
@@ -233,10 +248,13 @@ def _caption_candidates(doc: Any) -> int | None:
 def _caption_entry(time_fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
     return st.integers(0, 4).flatmap(
         lambda n: _maybe_missing(
-            {**time_fields, "timestamps": st.lists(_sometimes(_window()), min_size=n, max_size=n),
-             "sentences": st.lists(_sometimes(_sentences), min_size=n, max_size=n)}
+            {
+                **time_fields,
+                "timestamps": st.lists(_sometimes(_window()), min_size=n, max_size=n),
+                "sentences": st.lists(_sometimes(_sentences), min_size=n, max_size=n),
+            }
         )
-    )  # fmt: skip
+    )
 
 
 @FUZZ
@@ -254,9 +272,10 @@ def test_fuzz_activitynet_json(doc: Any) -> None:
         _video_ids.map(lambda v: f"{v}.avi"),
         _sometimes(_caption_entry({"fps": _numbers, "num_frames": _numbers})),
         max_size=4,
-    ) | _anything,
+    )
+    | _anything,
     unit=st.sampled_from(["frames", "seconds"]),
-)  # fmt: skip
+)
 def test_fuzz_tacos_json(doc: Any, unit: str) -> None:
     _check("tacos", json.dumps(doc).encode(), _caption_candidates(doc), tacos_unit=unit)
 
@@ -270,9 +289,14 @@ def test_fuzz_json_parsers_on_raw_bytes(data: bytes, fmt: str) -> None:
 # ---- feature loaders -----------------------------------------------------------------------------
 
 _dtypes = st.one_of(
-    hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.boolean_dtypes(), hnp.complex_number_dtypes(),
-    hnp.datetime64_dtypes(), hnp.byte_string_dtypes(max_len=3), hnp.unicode_string_dtypes(max_len=3),
-)  # fmt: skip
+    hnp.floating_dtypes(),
+    hnp.integer_dtypes(),
+    hnp.boolean_dtypes(),
+    hnp.complex_number_dtypes(),
+    hnp.datetime64_dtypes(),
+    hnp.byte_string_dtypes(max_len=3),
+    hnp.unicode_string_dtypes(max_len=3),
+)
 _arrays = _dtypes.flatmap(
     lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
 ) | hnp.floating_dtypes().flatmap(  # feature-shaped float arrays, NaN/inf/huge values included
@@ -322,11 +346,15 @@ def test_fuzz_npy_arrays_load_exactly_or_are_refused(array: np.ndarray) -> None:
 
 @FUZZ
 @given(
-    array=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=4), elements=st.floats(-1, 1, width=32)),
+    array=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=4),
+        elements=st.floats(-1, 1, width=32),
+    ),
     edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=4),
     cut=st.none() | st.integers(0, 400),
     fortran=st.booleans(),
-)  # fmt: skip
+)
 def test_fuzz_corrupted_npy_bytes(
     array: np.ndarray, edits: list[tuple[int, int]], cut: int | None, fortran: bool
 ) -> None:
@@ -390,13 +418,26 @@ def test_fuzz_hdf5_keys(hdf5_store: HDF5File, video_id: str) -> None:
 
 _GOOD = encode_sample(generate(1, seed=0, feature_dim=4, num_patches=0)[0], "vid")
 _GOOD_DOC = json.loads(_GOOD["json"])
-_query = _maybe_missing({"query_id": st.text(max_size=3), "sentence": _sentences, "start": _numbers,
-                         "end": _numbers, "index": st.integers(-2, 5)})  # fmt: skip
+_query = _maybe_missing(
+    {
+        "query_id": st.text(max_size=3),
+        "sentence": _sentences,
+        "start": _numbers,
+        "end": _numbers,
+        "index": st.integers(-2, 5),
+    }
+)
 _video_doc = _maybe_missing(
-    {"format": st.just("mktn-video-v1"), "video_id": _video_ids, "duration": _numbers, "dataset": st.text(max_size=3),
-     "split": st.text(max_size=3), "meta": st.dictionaries(st.text(max_size=3), _anything, max_size=2),
-     "queries": st.lists(_query, max_size=3)}
-)  # fmt: skip
+    {
+        "format": st.just("mktn-video-v1"),
+        "video_id": _video_ids,
+        "duration": _numbers,
+        "dataset": st.text(max_size=3),
+        "split": st.text(max_size=3),
+        "meta": st.dictionaries(st.text(max_size=3), _anything, max_size=2),
+        "queries": st.lists(_query, max_size=3),
+    }
+)
 
 
 @FUZZ

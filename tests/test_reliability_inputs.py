@@ -41,18 +41,30 @@ def _read(fmt: str, path: Path, on_error: str = "raise") -> tuple[list, ErrorLog
     [
         # an int beyond float range: was OverflowError from math.isfinite
         ("generic", json.dumps({**GENERIC, "start": 10**400}), r"ann:1: start must be a finite number"),
-        ("moment-detr", json.dumps({"qid": 1, "query": "q", "duration": 10**309, "vid": "v",
-                                    "relevant_windows": [[1, 2]]}), r"ann:1: duration must be a finite number"),
-        ("activitynet", json.dumps({"v": {"duration": 9, "timestamps": [[1, 10**400]], "sentences": ["a"]}}),
-         r"ann:v\[0\]: timestamp must be a finite number"),
+        (
+            "moment-detr",
+            json.dumps(
+                {"qid": 1, "query": "q", "duration": 10**309, "vid": "v", "relevant_windows": [[1, 2]]}
+            ),
+            r"ann:1: duration must be a finite number",
+        ),
+        (
+            "activitynet",
+            json.dumps({"v": {"duration": 9, "timestamps": [[1, 10**400]], "sentences": ["a"]}}),
+            r"ann:v\[0\]: timestamp must be a finite number",
+        ),
         # a 5000-digit number: was a bare ValueError from int() without the file
-        ("generic", '{"video_id": "v1", "start": ' + "9" * 5000 + "}", r"ann:1: invalid JSON \(Exceeds the limit"),
+        (
+            "generic",
+            '{"video_id": "v1", "start": ' + "9" * 5000 + "}",
+            r"ann:1: invalid JSON \(Exceeds the limit",
+        ),
         ("tacos", '{"v": {"fps": ' + "9" * 5000 + "}}", r"ann: invalid JSON \(Exceeds the limit"),
         # nesting deeper than the recursion limit: was RecursionError
         ("generic", "[" * 100_000 + "]" * 100_000, r"ann:1: invalid JSON \(maximum recursion depth"),
         ("activitynet", "[" * 100_000 + "]" * 100_000, r"ann: invalid JSON \(maximum recursion depth"),
     ],
-)  # fmt: skip
+)
 def test_extreme_json_numbers_and_nesting_are_named(
     tmp_path: Path, fmt: str, content: str, message: str
 ) -> None:

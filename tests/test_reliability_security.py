@@ -97,9 +97,13 @@ def test_prepare_refuses_a_pickled_feature_file(tmp_path: Path, marker: Path) ->
     (tmp_path / "feats" / "v1.npy").write_bytes(_object_npy(marker))
     with pytest.raises(DataError, match=r"v1\.npy: refusing a pickled/object \.npy"):
         prepare_annotations(
-            "generic", str(ann), str(tmp_path / "feats"), str(tmp_path / "out"),
-            options=BuildOptions("generic"), progress=False,
-        )  # fmt: skip
+            "generic",
+            str(ann),
+            str(tmp_path / "feats"),
+            str(tmp_path / "out"),
+            options=BuildOptions("generic"),
+            progress=False,
+        )
     assert not (tmp_path / "out" / "dataset.json").exists()
 
 
@@ -144,22 +148,41 @@ def _tar(members: dict[str, bytes]) -> bytes:
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        (lambda good, m: {"vid.json": good["json"], "vid.npy": _object_npy(m)}, r"refusing a pickled/object \.npy"),
-        (lambda good, m: {"vid.json": good["json"], "vid.npy": _pickle(m)}, r"refusing a pickled/object \.npy"),
-        (lambda good, m: {"vid.json": good["json"], "vid.npy": good["npy"], "vid.pyd": _pickle(m)},
-         r"members \['json', 'npy', 'pyd'\], expected exactly"),
-        (lambda good, m: {"vid.json": good["json"], "vid.pickle": _pickle(m)},
-         r"members \['json', 'pickle'\], expected exactly"),
-        (lambda good, m: {"vid.json": _pickle(m), "vid.npy": good["npy"]}, r"JSON does not match the sample schema"),
+        (
+            lambda good, m: {"vid.json": good["json"], "vid.npy": _object_npy(m)},
+            r"refusing a pickled/object \.npy",
+        ),
+        (
+            lambda good, m: {"vid.json": good["json"], "vid.npy": _pickle(m)},
+            r"refusing a pickled/object \.npy",
+        ),
+        (
+            lambda good, m: {"vid.json": good["json"], "vid.npy": good["npy"], "vid.pyd": _pickle(m)},
+            r"members \['json', 'npy', 'pyd'\], expected exactly",
+        ),
+        (
+            lambda good, m: {"vid.json": good["json"], "vid.pickle": _pickle(m)},
+            r"members \['json', 'pickle'\], expected exactly",
+        ),
+        (
+            lambda good, m: {"vid.json": _pickle(m), "vid.npy": good["npy"]},
+            r"JSON does not match the sample schema",
+        ),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("workers", [0, 1])
 def test_shard_member_with_pickle_is_refused(
     tmp_path: Path, marker: Path, members, message: str, workers: int
 ) -> None:
     url = str(tmp_path / "ds")
-    write_dataset(generate(3, seed=0, feature_dim=8), url, dataset="s", split="train", shard_size_mb=0.001,
-                  progress=False)  # fmt: skip
+    write_dataset(
+        generate(3, seed=0, feature_dim=8),
+        url,
+        dataset="s",
+        split="train",
+        shard_size_mb=0.001,
+        progress=False,
+    )
     good = encode_sample(generate(1, seed=5, feature_dim=8)[0], "vid")
     Path(shard_urls(url)[0]).write_bytes(_tar(members(good, marker)))
     _resign(url)
@@ -178,8 +201,14 @@ def test_links_in_a_shard_are_never_followed(tmp_path: Path, kind: bytes, target
     outside = tmp_path / "outside.npy"
     np.save(outside, np.full((6, 8), 7.0, np.float32))
     url = str(tmp_path / "ds")
-    write_dataset(generate(3, seed=0, feature_dim=8), url, dataset="s", split="train", shard_size_mb=0.001,
-                  progress=False)  # fmt: skip
+    write_dataset(
+        generate(3, seed=0, feature_dim=8),
+        url,
+        dataset="s",
+        split="train",
+        shard_size_mb=0.001,
+        progress=False,
+    )
     good = encode_sample(generate(1, seed=5, feature_dim=8)[0], "vid")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -258,8 +287,15 @@ def test_export_of_a_planted_checkpoint_is_refused(tmp_path: Path, marker: Path,
 
     ds = tmp_path / "ckpt" / "ds"
     ds.mkdir(parents=True)
-    state = {"format": "mktn-checkpoint-v1", "epochs_done": 1, "global_step": 4, "run_id": "r", "world_size": 1,
-             "zero_stage": zero_stage, "metrics": {}}  # fmt: skip
+    state = {
+        "format": "mktn-checkpoint-v1",
+        "epochs_done": 1,
+        "global_step": 4,
+        "run_id": "r",
+        "world_size": 1,
+        "zero_stage": zero_stage,
+        "metrics": {},
+    }
     (tmp_path / "ckpt" / "mktn_state.json").write_text(json.dumps(state))
     (tmp_path / "ckpt" / "latest").write_text("ds")
     for name in ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]:
@@ -349,11 +385,23 @@ def test_registry_artifact_code_file_is_not_run(registered: str, tmp_path: Path)
 # ---- the source tree ---------------------------------------------------------------------------------
 
 _UNSAFE_CALLS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),
-    ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("joblib", "load"), ("marshal", "loads"),
-    ("shelve", "open"), ("pd", "read_pickle"), ("pandas", "read_pickle"), ("yaml", "unsafe_load"),
-    ("yaml", "full_load"), ("pytorch", "load_model"), ("sklearn", "load_model"),
-}  # fmt: skip
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("joblib", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("pd", "read_pickle"),
+    ("pandas", "read_pickle"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("pytorch", "load_model"),
+    ("sklearn", "load_model"),
+}
 
 
 def _unsafe_loads(tree: ast.AST) -> list[tuple[int, str]]:
@@ -401,10 +449,15 @@ yaml.safe_load(s); model.eval(); json.loads(s)
 """
     found = [what for _, what in _unsafe_loads(ast.parse(source))]
     assert found == [
-        "pickle.loads", "torch.load without weights_only=True", "torch.load without weights_only=True",
-        "np.load(allow_pickle=True)", "yaml.load without SafeLoader", "eval", "pytorch.load_model",
+        "pickle.loads",
+        "torch.load without weights_only=True",
+        "torch.load without weights_only=True",
+        "np.load(allow_pickle=True)",
+        "yaml.load without SafeLoader",
+        "eval",
+        "pytorch.load_model",
         "cloudpickle.load",
-    ]  # fmt: skip
+    ]
 
 
 def test_no_unsafe_deserialisation_in_the_source_tree() -> None:

@@ -152,9 +152,13 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused on lo
 
 def _unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """AWS variables pointing at a port nobody listens on; one attempt, so the refusal comes at once."""
-    for key, value in {"AWS_ENDPOINT_URL": UNREACHABLE, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_MAX_ATTEMPTS": "1"}.items():  # fmt: skip
+    for key, value in {
+        "AWS_ENDPOINT_URL": UNREACHABLE,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     S3FileSystem.clear_instance_cache()
 
@@ -175,7 +179,7 @@ def _unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
             ],
             "data.train s3://bucket/data/train",
         ),
-    ],  # fmt: skip
+    ],
 )
 def test_an_unreachable_object_store_is_one_clear_line(args, what, monkeypatch, tmp_path, capsys):
     from cluster.cli import main

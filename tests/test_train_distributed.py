@@ -58,8 +58,17 @@ def zero3(data: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Pa
     train = shutil.copytree(data[0], root / "train")
     (root / "broken").write_text(break_one_sample(str(train)))
     out = root / "run"
-    run(train_args(out, (str(train), data[1]), "cluster.num_workers=2", "deepspeed.zero_stage=3", "train.epochs=3",
-                   "data.verify_checksums=false"), root / "train.log")  # fmt: skip
+    run(
+        train_args(
+            out,
+            (str(train), data[1]),
+            "cluster.num_workers=2",
+            "deepspeed.zero_stage=3",
+            "train.epochs=3",
+            "data.verify_checksums=false",
+        ),
+        root / "train.log",
+    )
     return out
 
 
@@ -68,7 +77,9 @@ def test_a_corrupt_sample_is_skipped_counted_and_logged(zero3: Path) -> None:
     assert MlflowRun(zero3).values("data/corrupt_samples") == [1.0, 1.0, 1.0]  # once in each of the 3 epochs
     log = (zero3.parent / "train.log").read_text()
     skipped = [line[line.index("rank ") :] for line in log.splitlines() if "skipped a corrupt sample" in line]
-    assert len(skipped) == 3 and all(key in line for line in skipped), skipped  # one line per epoch, printed once
+    assert len(skipped) == 3 and all(key in line for line in skipped), (
+        skipped
+    )  # one line per epoch, printed once
 
 
 def test_each_epoch_prints_one_progress_line(reference: Path) -> None:
@@ -110,8 +121,9 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(reference: Path) -> 
     assert all(v > 100 for v in mlflow.values("sys/peak_memory_mb_rank1"))  # MB of a process running torch
     assert mlflow.values("data/queries_rank0")[0] + mlflow.values("data/queries_rank1")[0] == sum(
         read_manifest(json.loads((reference / "run.json").read_text())["config"]["data"]["train"])
-        .column("n_queries").to_pylist()
-    )  # fmt: skip
+        .column("n_queries")
+        .to_pylist()
+    )
     assert mlflow.artifacts() >= {"checkpoint", "model", "plots", "run.json"}
     assert mlflow.artifacts("plots") == {"plots/training_curves.png", "plots/val_moments.png"}
     assert {"checkpoint/mktn_state.json", "checkpoint/ds", "checkpoint/job.json"} <= mlflow.artifacts(

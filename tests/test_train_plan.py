@@ -66,8 +66,15 @@ def test_steps_lower_bound_uses_both_budgets() -> None:
 
 
 def test_deepspeed_config_from_the_job() -> None:
-    job = load_config(str(CONFIG), ["deepspeed.zero_stage=3", "train.grad_accum=2", "train.grad_clip=0.5",
-                                    "deepspeed.overrides={zero_optimization: {overlap_comm: true}, wall_clock_breakdown: true}"])  # fmt: skip
+    job = load_config(
+        str(CONFIG),
+        [
+            "deepspeed.zero_stage=3",
+            "train.grad_accum=2",
+            "train.grad_clip=0.5",
+            "deepspeed.overrides={zero_optimization: {overlap_comm: true}, wall_clock_breakdown: true}",
+        ],
+    )
     ds = deepspeed_config(job, world_size=4, optimizer_steps=100)
     assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 0.5
@@ -84,9 +91,17 @@ def test_deepspeed_config_from_the_job() -> None:
 
 def test_preflight_lists_every_impossible_combination(dataset: Path) -> None:
     train, val = read_dataset_shards(str(dataset / "train")), read_dataset_shards(str(dataset / "val"))
-    job = load_config(str(CONFIG), ["cluster.num_workers=8", "deepspeed.zero_stage=3", "deepspeed.optimizer=sgd",
-                                    "deepspeed.precision=fp16", "data.max_queries_per_batch=1",
-                                    "train.best_metric=R1@0.9"])  # fmt: skip
+    job = load_config(
+        str(CONFIG),
+        [
+            "cluster.num_workers=8",
+            "deepspeed.zero_stage=3",
+            "deepspeed.optimizer=sgd",
+            "deepspeed.precision=fp16",
+            "data.max_queries_per_batch=1",
+            "train.best_metric=R1@0.9",
+        ],
+    )
     with pytest.raises(ValueError) as err:
         check_job(job, train, val, {"CPU": 2})
     message = str(err.value)

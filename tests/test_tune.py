@@ -107,7 +107,9 @@ def test_a_finished_trial_is_ranked_on_its_models_validation(tmp_path: Path) -> 
             client.log_metric(run_id, "epoch", epoch, step=epoch * 10)
         run_ids.append(run_id)
     rows = [
-        TrialRow("a", {"train.lr": 1e-3}, {"R1@0.5": 10.0}, 1, "finished", run_ids[0]),  # Tune saw epoch 1 only
+        TrialRow(
+            "a", {"train.lr": 1e-3}, {"R1@0.5": 10.0}, 1, "finished", run_ids[0]
+        ),  # Tune saw epoch 1 only
         TrialRow("b", {"train.lr": 2e-3}, {"R1@0.5": 35.0}, 2, "finished", run_ids[1]),
     ]
     assert best_trial(rows, "R1@0.5").trial_id == "b"

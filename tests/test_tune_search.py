@@ -25,8 +25,13 @@ from cluster.tracking import mlflow_key
 from tests.train_jobs import CONFIG, REPO, job_env, run, start, tiny_dataset, wait_for
 
 NAME = "mktn-synthetic"
-JOB = ["train.epochs=2", "cluster.num_workers=1", "model.d_model=32", "data.max_videos_per_batch=4",
-       "train.log_every_steps=2"]  # fmt: skip
+JOB = [
+    "train.epochs=2",
+    "cluster.num_workers=1",
+    "model.d_model=32",
+    "data.max_videos_per_batch=4",
+    "train.log_every_steps=2",
+]
 SEARCH = """metric: R1@0.5
 num_samples: 2
 asha: {grace_period: 1, reduction_factor: 2}
@@ -57,8 +62,22 @@ print(json.dumps(grounding_metrics([[(m["start"], m["end"]) for m in ms] for ms 
 def tune_args(
     output: Path, data: tuple[str, str], search: Path, *flags: str, overrides: tuple[str, ...] = ()
 ) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "tune", str(CONFIG), f"data.train={data[0]}", f"data.val={data[1]}",
-            *JOB, *overrides, "--search", str(search), "--output", str(output), *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "tune",
+        str(CONFIG),
+        f"data.train={data[0]}",
+        f"data.val={data[1]}",
+        *JOB,
+        *overrides,
+        "--search",
+        str(search),
+        "--output",
+        str(output),
+        *flags,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +86,27 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = tiny_dataset(root / "data")
     (root / "search.yaml").write_text(SEARCH)
     output = root / "search"
-    run(tune_args(output, data, root / "search.yaml", "--register", NAME), root / "tune.log", timeout=900,
-        MLFLOW_TRACKING_URI="")  # the embedded store under --output  # fmt: skip
+    run(
+        tune_args(output, data, root / "search.yaml", "--register", NAME),
+        root / "tune.log",
+        timeout=900,
+        MLFLOW_TRACKING_URI="",
+    )  # the embedded store under --output
     uri = f"sqlite:///{output / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
-    parent = client.search_runs(client.get_experiment_by_name("mktn").experiment_id,
-                                "tags.`mktn.search` != ''")  # fmt: skip
+    parent = client.search_runs(
+        client.get_experiment_by_name("mktn").experiment_id, "tags.`mktn.search` != ''"
+    )
     assert len(parent) == 1
-    return {"root": root, "data": data, "output": output, "uri": uri, "client": client, "parent": parent[0],
-            "log": (root / "tune.log").read_text()}  # fmt: skip
+    return {
+        "root": root,
+        "data": data,
+        "output": output,
+        "uri": uri,
+        "client": client,
+        "parent": parent[0],
+        "log": (root / "tune.log").read_text(),
+    }
 
 
 def children(search: dict) -> list:
@@ -130,8 +161,20 @@ def test_a_checkpoint_registers_as_a_new_version_under_another_alias(search: dic
     client, parent = search["client"], search["parent"]
     trial = search["output"] / "trials" / parent.data.tags["best_trial_id"]
     final = sorted((trial / "ray" / "train").glob("checkpoint_epoch*"))[-1]
-    run([sys.executable, "-m", "cluster.cli", "register", str(final), "--name", NAME, "--alias", "challenger"],
-        search["root"] / "register.log")  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "register",
+            str(final),
+            "--name",
+            NAME,
+            "--alias",
+            "challenger",
+        ],
+        search["root"] / "register.log",
+    )
     champion, challenger = (client.get_model_version_by_alias(NAME, a) for a in ("champion", "challenger"))
     assert int(challenger.version) == int(champion.version) + 1
     assert challenger.run_id == champion.run_id == parent.data.tags["best_run_id"]
@@ -143,8 +186,14 @@ def test_a_checkpoint_registers_as_a_new_version_under_another_alias(search: dic
 
 def test_the_registered_model_reproduces_its_eval_metrics_in_a_fresh_process(search: dict) -> None:
     env = job_env(MLFLOW_TRACKING_URI=search["uri"])
-    out = subprocess.run([sys.executable, "-c", REPRODUCE, f"models:/{NAME}@champion", search["data"][1]],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", REPRODUCE, f"models:/{NAME}@champion", search["data"][1]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     run = search["client"].get_run(search["parent"].data.tags["best_run_id"])
@@ -160,20 +209,42 @@ def test_mlflow_models_serve_answers_a_request(search: dict) -> None:
     group = next(iter_video_groups(shard_urls(search["data"][1]), DataConfig(), CorruptLog(0)))
     rows = [[group.video_id, q.sentence, group.duration, group.features.tolist()] for q in group.queries]
     rows.append([group.video_id, "   ", group.duration, None])
-    body = {"dataframe_split": {"columns": ["video_id", "sentence", "duration", "features"], "data": rows},
-            "params": {"top_k": 3}}  # fmt: skip
+    body = {
+        "dataframe_split": {"columns": ["video_id", "sentence", "duration", "features"], "data": rows},
+        "params": {"top_k": 3},
+    }
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = search["root"] / "serve.log"
-    server = start(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-                    "-h", "127.0.0.1", "-p", str(port), "-w", "1"], log, MLFLOW_TRACKING_URI=search["uri"])  # fmt: skip
+    server = start(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        log,
+        MLFLOW_TRACKING_URI=search["uri"],
+    )
     try:
         wait_for(
             lambda: _get(f"http://127.0.0.1:{port}/ping"), "the scoring server", timeout=180, process=server
         )
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             predictions = json.load(io.TextIOWrapper(response))["predictions"]
     finally:
@@ -207,23 +278,36 @@ def test_an_interrupted_search_resumes_with_tuner_restore(tmp_path: Path) -> Non
     data = tiny_dataset(tmp_path / "data")
     (tmp_path / "search.yaml").write_text(SEARCH.replace("num_samples: 2", "num_samples: 3"))
     output, log = tmp_path / "search", tmp_path / "tune.log"
-    job = start(tune_args(output, data, tmp_path / "search.yaml", overrides=("train.epochs=3",)), log,
-                MLFLOW_TRACKING_URI="")  # fmt: skip
+    job = start(
+        tune_args(output, data, tmp_path / "search.yaml", overrides=("train.epochs=3",)),
+        log,
+        MLFLOW_TRACKING_URI="",
+    )
     ray_state = output / "ray" / "search"
-    wait_for(lambda: any((output / "trials").glob("*/ray/train/checkpoint_epoch0001")), "a trial checkpoint",
-             timeout=600, process=job)  # fmt: skip
+    wait_for(
+        lambda: any((output / "trials").glob("*/ray/train/checkpoint_epoch0001")),
+        "a trial checkpoint",
+        timeout=600,
+        process=job,
+    )
     os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-search
     job.wait(timeout=60)
     wait_for(lambda: not _group_alive(job.pid), "the search's processes to exit", timeout=120)
     before = json.loads((output / "search.json").read_text())
     assert before["status"] == "running" and ray_state.is_dir()
-    run([sys.executable, "-m", "cluster.cli", "tune", "--output", str(output), "--resume"], log, timeout=900,
-        MLFLOW_TRACKING_URI="")  # fmt: skip
+    run(
+        [sys.executable, "-m", "cluster.cli", "tune", "--output", str(output), "--resume"],
+        log,
+        timeout=900,
+        MLFLOW_TRACKING_URI="",
+    )
     after = json.loads((output / "search.json").read_text())
     assert after["status"] == "finished" and after["parent_run_id"] == before["parent_run_id"]
     client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
-    runs = client.search_runs(client.get_experiment_by_name("mktn").experiment_id,
-                              f"tags.mlflow.parentRunId = '{before['parent_run_id']}'")  # fmt: skip
+    runs = client.search_runs(
+        client.get_experiment_by_name("mktn").experiment_id,
+        f"tags.mlflow.parentRunId = '{before['parent_run_id']}'",
+    )
     assert len(runs) == 3  # a resumed trial continues its own MLflow run: no duplicates
     assert len(pq.read_table(output / "results.parquet")) == 3
     for child in runs:

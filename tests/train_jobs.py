@@ -63,23 +63,36 @@ def job_env(**extra: str) -> dict[str, str]:
 
 def train_args(output: Path, data: tuple[str, str], *overrides: str) -> list[str]:
     """`mktn train` on the tiny dataset with `overrides`, its run folder at `output`."""
-    return [sys.executable, "-m", "cluster.cli", "train", str(CONFIG), f"data.train={data[0]}",
-            f"data.val={data[1]}", *TINY, *overrides, "--output", str(output)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "train",
+        str(CONFIG),
+        f"data.train={data[0]}",
+        f"data.val={data[1]}",
+        *TINY,
+        *overrides,
+        "--output",
+        str(output),
+    ]
 
 
 def run(args: list[str], log: Path, timeout: float = 600, **env: str) -> None:
     """Run a command to completion, its output in `log`; a failure shows the log's tail."""
     with log.open("ab") as out:
-        code = subprocess.run(args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT,
-                              timeout=timeout).returncode  # fmt: skip
+        code = subprocess.run(
+            args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+        ).returncode
     assert code == 0, f"{args[3:5]} exited {code}:\n{log.read_text()[-6000:]}"
 
 
 def start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     """Start a command in its own session (so the test can kill its whole process group)."""
     with log.open("ab") as out:
-        return subprocess.Popen(args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            args, cwd=REPO, env=job_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 300, process=None) -> object:

@@ -37,9 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, metavar="SHARDS", help="prepared dataset URL (mktn prepare --out)"
     )
     parser.add_argument("--json", metavar="FILE", help="write the metrics (percent) and throughput here")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads (default 1, as each training worker: on a shared machine more "
-                        "threads contend and inference slows down)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default 1, as each training worker: on a shared machine more "
+        "threads contend and inference slows down)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -49,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     source = open_model(args.model)
     result = evaluate(source.model, args.data, source.data_cfg)
     print(metrics_table(result.metrics))
-    print(f"{result.queries} queries, {result.videos} videos; inference {result.qps:.1f} queries/s, "
-          f"{result.vps:.1f} videos/s")  # fmt: skip
+    print(
+        f"{result.queries} queries, {result.videos} videos; inference {result.qps:.1f} queries/s, "
+        f"{result.vps:.1f} videos/s"
+    )
     if args.json:
         write_bytes_atomic(args.json, json.dumps(result.to_json(), indent=2).encode())
     run_id = log_eval(source, result, args.data, args.model)

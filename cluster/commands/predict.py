@@ -34,26 +34,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=QUERY_FORMAT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="a registered model (models:/mktn-charades@champion, models:/NAME/"
-                   "VERSION), a run folder (mktn train --output), a checkpoint, an exported model folder, or "
-                   "runs:/RUN_ID/model")  # fmt: skip
-    p.add_argument("--features", required=True, metavar="DIR_OR_URL",
-                   help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id")  # fmt: skip
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a registered model (models:/mktn-charades@champion, models:/NAME/"
+        "VERSION), a run folder (mktn train --output), a checkpoint, an exported model folder, or "
+        "runs:/RUN_ID/model",
+    )
+    p.add_argument(
+        "--features",
+        required=True,
+        metavar="DIR_OR_URL",
+        help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id",
+    )
     p.add_argument("--hdf5-key", metavar="NAME", help="dataset inside each video's HDF5 group")
     p.add_argument("--queries", required=True, metavar="FILE", help="JSONL query file (any fsspec URL)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="moments per query (default 5)")
     p.add_argument("--out", metavar="FILE", help="write the JSONL predictions here (default: print them)")
     p.add_argument("--visualize", metavar="DIR", help="write one PNG per video: predicted and true moments")
-    p.add_argument("--batch-queries", type=int, metavar="N",
-                   help="query budget of one batch (default: the training run's data.max_queries_per_batch)")  # fmt: skip
-    p.add_argument("--batch-videos", type=int, metavar="N",
-                   help="video budget of one batch (default: the training run's data.max_videos_per_batch)")  # fmt: skip
-    p.add_argument("--max-clips-per-video", type=int, default=Limits.max_clips_per_video, metavar="N",
-                   help=f"refuse longer videos (default {Limits.max_clips_per_video})")  # fmt: skip
-    p.add_argument("--max-queries-per-video", type=int, default=Limits.max_queries_per_video, metavar="N",
-                   help=f"refuse videos with more queries (default {Limits.max_queries_per_video})")  # fmt: skip
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for models:/ and runs:/ URIs "
-                   "(default: MLFLOW_TRACKING_URI)")  # fmt: skip
+    p.add_argument(
+        "--batch-queries",
+        type=int,
+        metavar="N",
+        help="query budget of one batch (default: the training run's data.max_queries_per_batch)",
+    )
+    p.add_argument(
+        "--batch-videos",
+        type=int,
+        metavar="N",
+        help="video budget of one batch (default: the training run's data.max_videos_per_batch)",
+    )
+    p.add_argument(
+        "--max-clips-per-video",
+        type=int,
+        default=Limits.max_clips_per_video,
+        metavar="N",
+        help=f"refuse longer videos (default {Limits.max_clips_per_video})",
+    )
+    p.add_argument(
+        "--max-queries-per-video",
+        type=int,
+        default=Limits.max_queries_per_video,
+        metavar="N",
+        help=f"refuse videos with more queries (default {Limits.max_queries_per_video})",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -71,15 +100,19 @@ def _run(args: argparse.Namespace) -> int:
     store = open_features(args.features, args.hdf5_key)
     with using_tracking_uri(args.tracking_uri) if args.tracking_uri else contextlib.nullcontext():
         predictor = load_predictor(args.model, limits)
-    predictor.budget = Budget(args.batch_queries or predictor.budget.max_queries,
-                              args.batch_videos or predictor.budget.max_videos)  # fmt: skip
+    predictor.budget = Budget(
+        args.batch_queries or predictor.budget.max_queries, args.batch_videos or predictor.budget.max_videos
+    )
     result = predictor.predict(queries, store.load, args.top_k, errors)
     records = result.records()
     _write(records, args.out)
     for error in result.errors:
         print(f"{args.queries}:{error.row}: {error.message}", file=sys.stderr)
-    print(f"{len(result.moments)} of {len(records)} rows predicted, {len(result.errors)} refused; "
-          f"{result.stats.summary()}", file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(result.moments)} of {len(records)} rows predicted, {len(result.errors)} refused; "
+        f"{result.stats.summary()}",
+        file=sys.stderr,
+    )
     _print_metrics(result)
     if args.visualize:
         paths = _visualize(records, args.visualize)

@@ -42,11 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
-    p = kinds.add_parser(fmt, help=HELP[fmt], description=HELP[fmt], epilog=LAYOUT,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = kinds.add_parser(
+        fmt,
+        help=HELP[fmt],
+        description=HELP[fmt],
+        epilog=LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--annotations", required=True, metavar="FILE", help="annotation file (any fsspec URL)")
-    p.add_argument("--features", required=True, metavar="DIR_OR_URL",
-                   help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id")  # fmt: skip
+    p.add_argument(
+        "--features",
+        required=True,
+        metavar="DIR_OR_URL",
+        help="directory of {video_id}.npy, or one .h5/.hdf5 file keyed by video id",
+    )
     p.add_argument("--out", required=True, metavar="URL", help="output dataset URL")
     p.add_argument("--split", default="train", help="split name stored in the manifest (default: train)")
     p.add_argument(
@@ -55,24 +64,49 @@ def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
     p.add_argument(
         "--feature-dim", type=int, metavar="D", help="expected feature dim (default: the first video's)"
     )
-    p.add_argument("--feature-fps", type=float, metavar="FPS",
-                   help="feature clips per second, for the duration when the annotations have none")  # fmt: skip
-    p.add_argument("--end-tolerance", type=float, default=2.0, metavar="S",
-                   help="an end past the duration by at most S seconds is clamped and counted; "
-                   "more is an error (default 2.0: Charades-STA overshoots by up to 1.54 s)")  # fmt: skip
-    p.add_argument("--allow-duplicates", action="store_true",
-                   help="keep rows repeating a video's (start, end, sentence); TACoS ships ~800")  # fmt: skip
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="raise: stop at the first bad item (default); skip: drop it, count and report it")  # fmt: skip
+    p.add_argument(
+        "--feature-fps",
+        type=float,
+        metavar="FPS",
+        help="feature clips per second, for the duration when the annotations have none",
+    )
+    p.add_argument(
+        "--end-tolerance",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="an end past the duration by at most S seconds is clamped and counted; "
+        "more is an error (default 2.0: Charades-STA overshoots by up to 1.54 s)",
+    )
+    p.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="keep rows repeating a video's (start, end, sentence); TACoS ships ~800",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="raise: stop at the first bad item (default); skip: drop it, count and report it",
+    )
     p.add_argument(
         "--vocab", metavar="URL", help="reuse this vocab.json (the training split's, for val/test)"
     )
     if fmt == "charades-sta":
-        p.add_argument("--durations", action="append", default=[], metavar="FILE",
-                       help="charades.json or Charades_v1_*.csv with video lengths (repeatable)")  # fmt: skip
+        p.add_argument(
+            "--durations",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="charades.json or Charades_v1_*.csv with video lengths (repeatable)",
+        )
     if fmt == "tacos":
-        p.add_argument("--tacos-unit", choices=("frames", "seconds"), default="frames",
-                       help="frames: timestamps in frames with fps/num_frames (2D-TAN form); seconds: with duration")  # fmt: skip
+        p.add_argument(
+            "--tacos-unit",
+            choices=("frames", "seconds"),
+            default="frames",
+            help="frames: timestamps in frames with fps/num_frames (2D-TAN form); seconds: with duration",
+        )
         p.add_argument(
             "--keep-video-ext", action="store_true", help="keep '.avi' in video ids (default: strip)"
         )
@@ -81,9 +115,13 @@ def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
 
 
 def _add_synthetic(kinds: argparse._SubParsersAction) -> None:
-    p = kinds.add_parser("synthetic", help="deterministic synthetic videos with planted moments (train/ and val/)",
-                         description="Generate the synthetic dataset: OUT/train and OUT/val sharing one vocabulary.",
-                         epilog=LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = kinds.add_parser(
+        "synthetic",
+        help="deterministic synthetic videos with planted moments (train/ and val/)",
+        description="Generate the synthetic dataset: OUT/train and OUT/val sharing one vocabulary.",
+        epilog=LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--out", required=True, metavar="URL", help="output URL; train/ and val/ are written under it"
     )
@@ -100,8 +138,12 @@ def _add_synthetic(kinds: argparse._SubParsersAction) -> None:
 
 def _add_output_options(p: argparse.ArgumentParser, shard_size_mb: float = 64.0) -> None:
     """Shared output flags; synthetic defaults to small shards so several training workers each get some."""
-    p.add_argument("--shard-size-mb", type=float, default=shard_size_mb,
-                   help=f"target shard size in MB (default {shard_size_mb:g})")  # fmt: skip
+    p.add_argument(
+        "--shard-size-mb",
+        type=float,
+        default=shard_size_mb,
+        help=f"target shard size in MB (default {shard_size_mb:g})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

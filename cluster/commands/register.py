@@ -30,16 +30,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", metavar="RUN_OR_CHECKPOINT_OR_FOLDER",
-                        help="a run folder (mktn train --output), a checkpoint folder, an exported model folder, "
-                        "or runs:/RUN_ID/model")  # fmt: skip
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_CHECKPOINT_OR_FOLDER",
+        help="a run folder (mktn train --output), a checkpoint folder, an exported model folder, "
+        "or runs:/RUN_ID/model",
+    )
     parser.add_argument("--name", metavar="NAME", help="registered model name (default mktn-<dataset>)")
     parser.add_argument(
         "--alias", default="champion", help="alias moved to the new version (default champion)"
     )
     parser.add_argument("--no-alias", action="store_true", help="register without moving any alias")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="registry for a model without a recorded run (default MLFLOW_TRACKING_URI)")  # fmt: skip
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="registry for a model without a recorded run (default MLFLOW_TRACKING_URI)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -65,9 +71,11 @@ def register_trained(folder: RunFolder, name: str | None) -> None:
 
 def print_registered(registered: Registered) -> None:
     """Name, version, alias and the tags recorded, then how to load it."""
-    print(f"registered {registered.name} version {registered.version}"
-          + (f" (alias {registered.alias})" if registered.alias else "")
-          + (f" from run {registered.run_id}" if registered.run_id else ""))  # fmt: skip
+    print(
+        f"registered {registered.name} version {registered.version}"
+        + (f" (alias {registered.alias})" if registered.alias else "")
+        + (f" from run {registered.run_id}" if registered.run_id else "")
+    )
     for key, value in sorted(registered.tags.items()):
         if key != "config":
             print(f"  {key}: {value}")

@@ -35,10 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", metavar="CONFIG",
-                        help="job YAML (any fsspec URL); optional with --resume (the saved config is reused)")  # fmt: skip
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. train.lr=3e-4 cluster.num_workers=2")  # fmt: skip
+    parser.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="job YAML (any fsspec URL); optional with --resume (the saved config is reused)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=3e-4 cluster.num_workers=2",
+    )
     add_job_arguments(
         parser,
         "run folder",
@@ -46,8 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "DIR_OR_URL",
         "continue the run in --output from its last checkpoint",
     )
-    parser.add_argument("--register", metavar="NAME", help="register the model as NAME, alias champion "
-                        "(default: the config's mlflow.register_as; see `mktn register`)")  # fmt: skip
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the model as NAME, alias champion "
+        "(default: the config's mlflow.register_as; see `mktn register`)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -80,8 +92,10 @@ def print_outcome(outcome: TrainOutcome) -> None:
     folder = outcome.folder
     print(f"\nvalidation after {folder.job.train.epochs} epochs ({folder.job.data.val}):")
     print(metrics_table(outcome.metrics))
-    print(f"train throughput: {outcome.train_qps:.1f} queries/s, {outcome.train_vps:.1f} videos/s "
-          f"({folder.job.cluster.num_workers} workers, ZeRO-{folder.job.deepspeed.zero_stage}); "
-          f"wall time {outcome.seconds:.0f} s")  # fmt: skip
+    print(
+        f"train throughput: {outcome.train_qps:.1f} queries/s, {outcome.train_vps:.1f} videos/s "
+        f"({folder.job.cluster.num_workers} workers, ZeRO-{folder.job.deepspeed.zero_stage}); "
+        f"wall time {outcome.seconds:.0f} s"
+    )
     print(f"model: {outcome.model_dir}\ncheckpoint: {outcome.checkpoint}")
     print(f"MLflow run {folder.run_id}: {mlflow_ui_line(folder.tracking_uri)}")

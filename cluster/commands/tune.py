@@ -54,8 +54,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (args.config is None or args.search is None):
         raise ValueError("CONFIG and --search are required unless --resume continues the search in --output")
     job = load_config(args.config, args.overrides) if args.config else None
-    outcome = tune_search(job, args.search, args.output, num_samples=args.num_samples, address=args.address,
-                          resume=args.resume, register_as=args.register, alias=args.alias)  # fmt: skip
+    outcome = tune_search(
+        job,
+        args.search,
+        args.output,
+        num_samples=args.num_samples,
+        address=args.address,
+        resume=args.resume,
+        register_as=args.register,
+        alias=args.alias,
+    )
     print_outcome(outcome)
     name = args.register or outcome.folder.job.mlflow.register_as
     if name and outcome.registered is None:
@@ -71,13 +79,17 @@ def print_outcome(outcome: SearchOutcome) -> None:
     print(f"\n{len(outcome.rows)} trials, validation {metric} (%):")
     for row in outcome.rows:
         values = ", ".join(f"{k}={row.values.get(k)!r}" for k in keys)
-        print(f"  {row.trial_id}  {row.status:<8} epochs {row.epochs}  {metric} {row.metrics.get(metric, float('nan')):6.2f}"
-              f"  {values}")  # fmt: skip
+        print(
+            f"  {row.trial_id}  {row.status:<8} epochs {row.epochs}  {metric} {row.metrics.get(metric, float('nan')):6.2f}"
+            f"  {values}"
+        )
     if outcome.best is None:
         print("no trial finished training, so there is no best model")
     else:
-        print(f"best: trial {outcome.best.trial_id} ({metric} {outcome.best.metrics[metric]:.2f}), "
-              f"MLflow run {outcome.best.run_id}, model {folder.trial_dir(outcome.best.trial_id) / 'model'}")  # fmt: skip
+        print(
+            f"best: trial {outcome.best.trial_id} ({metric} {outcome.best.metrics[metric]:.2f}), "
+            f"MLflow run {outcome.best.run_id}, model {folder.trial_dir(outcome.best.trial_id) / 'model'}"
+        )
     print(f"results: {', '.join(map(str, outcome.table))}; plot: {outcome.plot}")
     print(f"MLflow parent run {folder.parent_run_id}: {mlflow_ui_line(folder.tracking_uri)}")
     if outcome.registered:

@@ -15,6 +15,13 @@ def build_head(cfg: ModelConfig) -> GroundingHead:
 
 
 __all__ = [
-    "FloatPredictor", "GroundingHead", "HeadOutput", "ProposalMapHead", "SpanHead", "build_head", "float_loss",
-    "moment_mask", "refine",
-]  # fmt: skip
+    "FloatPredictor",
+    "GroundingHead",
+    "HeadOutput",
+    "ProposalMapHead",
+    "SpanHead",
+    "build_head",
+    "float_loss",
+    "moment_mask",
+    "refine",
+]

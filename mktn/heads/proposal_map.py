@@ -22,7 +22,9 @@ from mktn.config import ProposalMapConfig
 from mktn.heads.base import GroundingHead, HeadOutput, moment_mask
 from mktn.layers import mask_logits
 
-POSITIVE_PRIOR = 0.05  # the order of the mean target over valid cells (synthetic Charades-like: 0.028; 10% pass min_iou)
+POSITIVE_PRIOR = (
+    0.05  # the order of the mean target over valid cells (synthetic Charades-like: 0.028; 10% pass min_iou)
+)
 
 
 def span_max_pool(fused: Tensor) -> Tensor:

@@ -34,9 +34,14 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(
-        self, cfg: TextConfig, vocab_words: list[str], d_model: int, num_heads: int, dropout: float,
+        self,
+        cfg: TextConfig,
+        vocab_words: list[str],
+        d_model: int,
+        num_heads: int,
+        dropout: float,
         saved_identity: dict[str, Any] | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__()
         self.cfg = cfg
         use_glove = cfg.word_embeddings == "glove"
@@ -52,9 +57,10 @@ class TextEncoder(nn.Module):
         )
         self.attention = encoder_layer(d_model, num_heads, dropout)
         self.sentence_encoder: LearnedSentenceEncoder | MiniLMSentenceEncoder = (
-            MiniLMSentenceEncoder(d_model) if cfg.sentence_encoder == "minilm"
+            MiniLMSentenceEncoder(d_model)
+            if cfg.sentence_encoder == "minilm"
             else LearnedSentenceEncoder(cfg.word_dim, d_model)
-        )  # fmt: skip
+        )
         words: dict[str, Any] = {"name": cfg.word_embeddings, "dim": cfg.word_dim}
         if use_glove:
             words |= {"frozen": cfg.freeze_pretrained} | (
