@@ -1,16 +1,20 @@
 """CSM, cross-sentence semantic mining: T = MLP(tau(F_q, F_mem)) (paper section "Cross-Sentence Semantic Mining").
 
 F_q = {q_e^j} are the sentence features of all queries of the batch. Each one gets a positional
-embedding (a learned linear map of the sinusoidal code) of its index in its video's annotation order (never its ground-truth time, which
-would leak labels at test time), then the transformer decoder tau lets queries attend to each
-other (contextual relation; only queries of the same video unless `cross_video`) and
-cross-attend to the multi-modal memory F_mem^j = [F_v^j; F_w^j] of the query's own video clips
-and, for the cross-granularity relation, its own words. Design choices: F_v^j are the video's
-attended global clip tokens (T per video), which already summarise the patches, plus a learned
-map of the sinusoidal code of each clip's relative position i / N_v, so that the regression can
-read where in the video the attended clips are (as DETR-style decoders add positions to keys). A parallel
-regression MLP outputs normalised (t_s, t_e) per query (auxiliary loss in L_3); the decoded
-per-query feature replaces q_e downstream.
+embedding (a learned linear map of the sinusoidal code) of its index in its video's annotation order
+(never its ground-truth time, which would leak labels at test time), then the transformer decoder tau
+lets queries attend to each other (contextual relation; only queries of the same video unless
+`cross_video`) and cross-attend to the multi-modal memory F_mem^j = [F_v^j; F_w^j] of the query's own
+video clips and, for the cross-granularity relation, its own words. Design choices: F_v^j are the
+video's attended global clip tokens (T per video), which already summarise the patches, plus a learned
+map of the sinusoidal code of each clip's relative position i / N_v, so that the regression can read
+where in the video the attended clips are (as DETR-style decoders add positions to keys). A parallel
+regression MLP outputs normalised (t_s, t_e) per query (auxiliary loss in L_3, training only); the
+decoded per-query feature replaces q_e downstream.
+
+The clip half of the memory depends on the video alone: its positions and every layer's key/value
+projections are computed once per video (`CSM.memory`) and gathered per query; only the word half and
+the queries themselves are projected per query.
 """
 
 from __future__ import annotations
@@ -20,9 +24,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mktn.config import CSMConfig
-from mktn.layers import mlp, sinusoidal
+from mktn.layers import mlp, neg, sinusoidal
 
 POSITION_RESOLUTION = 100.0  # relative clip positions in [0, 1) are encoded at 1/100 of the video per unit
+
+
+class MemoryAttention(nn.Module):
+    """Multi-head attention of one vector per query over a memory whose keys/values may be projected earlier."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = num_heads, dropout
+        self.query, self.key, self.value, self.out = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def project(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of `memory` (..., M, d)."""
+        return self.key(memory), self.value(memory)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        """x (B, d) attends over keys/values (B, M, d) where `mask` (B, M) is True."""
+        b, m, d = keys.shape
+        h = self.heads
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(b, -1, h, d // h).transpose(1, 2)
+
+        bias = torch.zeros(b, 1, 1, m, dtype=x.dtype, device=x.device).masked_fill(
+            ~mask[:, None, None], neg(x.dtype)
+        )
+        drop = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(
+            split(self.query(x)[:, None]), split(keys), split(values), bias, dropout_p=drop
+        )
+        return self.out(out.transpose(1, 2).reshape(b, d))
 
 
 class CSMLayer(nn.Module):
@@ -33,20 +67,19 @@ class CSMLayer(nn.Module):
         self.self_attn = (
             nn.MultiheadAttention(d_model, num_heads, dropout, batch_first=True) if contextual else None
         )
-        self.cross_attn = nn.MultiheadAttention(d_model, num_heads, dropout, batch_first=True)
+        self.cross_attn = MemoryAttention(d_model, num_heads, dropout)
         self.ffn = mlp(d_model, 2 * d_model, d_model, dropout=dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, related: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
-        """x (B_q, d); related (B_q, B_q) True where query j may attend to query k; memory (B_q, M, d)."""
+    def forward(
+        self, x: Tensor, related: Tensor, keys: Tensor, values: Tensor, memory_mask: Tensor
+    ) -> Tensor:
+        """x (B_q, d); related (B_q, B_q) True where query j may attend to query k; keys/values (B_q, M, d)."""
         if self.self_attn is not None:
             h = self.norms[0](x)[None]
             x = x + self.dropout(self.self_attn(h, h, h, attn_mask=~related, need_weights=False)[0][0])
-        h = self.norms[1](x)[:, None]
-        x = x + self.dropout(
-            self.cross_attn(h, memory, memory, key_padding_mask=~memory_mask, need_weights=False)[0][:, 0]
-        )
+        x = x + self.dropout(self.cross_attn(self.norms[1](x), keys, values, memory_mask))
         return x + self.dropout(self.ffn(self.norms[2](x)))
 
 
@@ -64,19 +97,28 @@ class CSM(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.regress = mlp(d_model, d_model, 2, dropout=dropout)
 
+    def memory(self, clips: Tensor, clip_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-video work: each layer's keys and values (B_v, T, d) of the clip memory F_v with positions."""
+        relative = torch.arange(clips.shape[1], device=clips.device) / clip_mask.sum(
+            1, keepdim=True
+        ).clamp_min(1)
+        code = sinusoidal(relative * POSITION_RESOLUTION, clips.shape[-1]).to(clips.dtype)
+        memory = clips + self.memory_position(code)
+        return [layer.cross_attn.project(memory) for layer in self.layers]
+
     def forward(
         self,
         sentence: Tensor,
         query_index: Tensor,
         query_video: Tensor,
-        clips: Tensor,
+        memory: list[tuple[Tensor, Tensor]],
         clip_mask: Tensor,
         words: Tensor,
         word_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """sentence (B_q, d), clips/clip_mask gathered per query (B_q, T, d)/(B_q, T), words (B_q, N_q, d).
+    ) -> Tensor:
+        """sentence (B_q, d); `memory` from `CSM.memory` (per video), `clip_mask` (B_v, T); words (B_q, N_q, d).
 
-        Returns the per-query features (B_q, d) and normalised moments (B_q, 2) with t_s <= t_e in [0, 1].
+        Returns the per-query features (B_q, d).
         """
         x = sentence
         if self.position is not None:
@@ -84,19 +126,21 @@ class CSM(nn.Module):
         related = torch.ones(len(x), len(x), dtype=torch.bool, device=x.device)
         if not self.cfg.cross_video:
             related = query_video[:, None] == query_video[None, :]
-        relative = torch.arange(clips.shape[1], device=x.device) / clip_mask.sum(1, keepdim=True).clamp_min(1)
-        clips = clips + self.memory_position(
-            sinusoidal(relative * POSITION_RESOLUTION, x.shape[-1]).to(x.dtype)
-        )
-        memory, memory_mask = clips, clip_mask
+        memory_mask = clip_mask[query_video]
         if self.cfg.word_memory:
-            memory, memory_mask = torch.cat([clips, words], 1), torch.cat([clip_mask, word_mask], 1)
-        for layer in self.layers:
-            x = layer(x, related, memory, memory_mask)
-        x = self.norm(x)
-        center, width = torch.sigmoid(self.regress(x)).unbind(-1)
-        moments = torch.stack([(center - width / 2).clamp(0, 1), (center + width / 2).clamp(0, 1)], -1)
-        return x, moments
+            memory_mask = torch.cat([memory_mask, word_mask], 1)
+        for layer, (keys, values) in zip(self.layers, memory):
+            keys, values = keys[query_video], values[query_video]
+            if self.cfg.word_memory:
+                word_keys, word_values = layer.cross_attn.project(words)
+                keys, values = torch.cat([keys, word_keys], 1), torch.cat([values, word_values], 1)
+            x = layer(x, related, keys, values, memory_mask)
+        return self.norm(x)
+
+    def moments(self, features: Tensor) -> Tensor:
+        """The regression head: normalised moments (B_q, 2) with t_s <= t_e in [0, 1] from CSM's features."""
+        center, width = torch.sigmoid(self.regress(features)).unbind(-1)
+        return torch.stack([(center - width / 2).clamp(0, 1), (center + width / 2).clamp(0, 1)], -1)
 
 
 def moment_loss(pred: Tensor, target: Tensor) -> Tensor:
