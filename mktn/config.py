@@ -15,7 +15,8 @@ class CSMConfig(StrictConfig):
     enabled: bool = True
     temporal_position: bool = True  # positional embedding by annotation-order index
     contextual_attention: bool = True  # self-attention among a video's queries
-    word_memory: bool = True  # decoder memory includes word-level tokens (cross-granularity)
+    word_memory: bool = True  # decoder memory includes the words of the video's queries (cross-granularity)
+    shared_words: bool = True  # each query's words read the words of the video's other queries
     cross_video: bool = False  # self-attention also across the videos of the batch
     num_layers: int = Field(1, ge=1)
 

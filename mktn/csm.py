@@ -5,7 +5,10 @@ embedding (a learned linear map of the sinusoidal code) of its index in its vide
 (never its ground-truth time, which would leak labels at test time), then the transformer decoder tau
 lets queries attend to each other (contextual relation; only queries of the same video unless
 `cross_video`) and cross-attend to the multi-modal memory F_mem^j = [F_v^j; F_w^j] of the query's own
-video clips and, for the cross-granularity relation, its own words. Design choices: F_v^j are the
+video clips and, for the cross-granularity relation, the words of every query of that video (the paper:
+"some sentences might share the same particular words"). At word level (`shared_words`), each query's
+words also read the words of the video's other queries before the co-attention, so that a sentence that
+names only an object or only an action takes the rest from a sentence sharing that word. Design choices: F_v^j are the
 video's attended global clip tokens (T per video), which already summarise the patches, plus a learned
 map of the sinusoidal code of each clip's relative position i / N_v, so that the regression can read
 where in the video the attended clips are (as DETR-style decoders add positions to keys). A parallel
@@ -30,7 +33,7 @@ POSITION_RESOLUTION = 100.0  # relative clip positions in [0, 1) are encoded at 
 
 
 class MemoryAttention(nn.Module):
-    """Multi-head attention of one vector per query over a memory whose keys/values may be projected earlier."""
+    """Multi-head attention over a memory whose keys and values are projected ahead (once per video)."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
@@ -42,21 +45,21 @@ class MemoryAttention(nn.Module):
         return self.key(memory), self.value(memory)
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        """x (B, d) attends over keys/values (B, M, d) where `mask` (B, M) is True."""
-        b, m, d = keys.shape
+        """x (B, N, d) attends over keys/values (B, M, d) where `mask` (B, M) is True -> (B, N, d)."""
+        b, n, d = x.shape
         h = self.heads
 
         def split(t: Tensor) -> Tensor:
             return t.view(b, -1, h, d // h).transpose(1, 2)
 
-        bias = torch.zeros(b, 1, 1, m, dtype=x.dtype, device=x.device).masked_fill(
+        bias = torch.zeros(b, 1, 1, keys.shape[1], dtype=x.dtype, device=x.device).masked_fill(
             ~mask[:, None, None], neg(x.dtype)
         )
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
-            split(self.query(x)[:, None]), split(keys), split(values), bias, dropout_p=drop
+            split(self.query(x)), split(keys), split(values), bias, dropout_p=drop
         )
-        return self.out(out.transpose(1, 2).reshape(b, d))
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
 
 
 class CSMLayer(nn.Module):
@@ -79,7 +82,7 @@ class CSMLayer(nn.Module):
         if self.self_attn is not None:
             h = self.norms[0](x)[None]
             x = x + self.dropout(self.self_attn(h, h, h, attn_mask=~related, need_weights=False)[0][0])
-        x = x + self.dropout(self.cross_attn(self.norms[1](x), keys, values, memory_mask))
+        x = x + self.dropout(self.cross_attn(self.norms[1](x)[:, None], keys, values, memory_mask)[:, 0])
         return x + self.dropout(self.ffn(self.norms[2](x)))
 
 
@@ -96,6 +99,24 @@ class CSM(nn.Module):
         self.memory_position = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.regress = mlp(d_model, d_model, 2, dropout=dropout)
+        self.word_context = MemoryAttention(d_model, num_heads, dropout) if cfg.shared_words else None
+        self.word_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def shared_words(self, words: Tensor, word_mask: Tensor, query_video: Tensor, n_videos: int) -> Tensor:
+        """Word-level relation: each query's words (B_q, N_q, d) also read the words of every query of its video.
+
+        A query that names only the object ("person is using the door") or only the action ("person cuts it")
+        finds the other sentence of its video sharing that word and takes what it says about the rest.
+        Keys and values are projected once per query and laid out per video.
+        """
+        rank = _rank_in_video(query_video)
+        keys, values = (
+            _per_video(t, query_video, rank, n_videos)[query_video] for t in self.word_context.project(words)
+        )
+        mask = _per_video(word_mask, query_video, rank, n_videos)[query_video]
+        read = self.word_context(self.word_norm(words), keys, values, mask)
+        return (words + self.dropout(read)) * word_mask[..., None].to(words.dtype)
 
     def memory(self, clips: Tensor, clip_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-video work: each layer's keys and values (B_v, T, d) of the clip memory F_v with positions."""
@@ -128,11 +149,17 @@ class CSM(nn.Module):
             related = query_video[:, None] == query_video[None, :]
         memory_mask = clip_mask[query_video]
         if self.cfg.word_memory:
-            memory_mask = torch.cat([memory_mask, word_mask], 1)
+            rank, n_videos = _rank_in_video(query_video), clip_mask.shape[0]
+            memory_mask = torch.cat(
+                [memory_mask, _per_video(word_mask, query_video, rank, n_videos)[query_video]], 1
+            )
         for layer, (keys, values) in zip(self.layers, memory):
             keys, values = keys[query_video], values[query_video]
-            if self.cfg.word_memory:
-                word_keys, word_values = layer.cross_attn.project(words)
+            if self.cfg.word_memory:  # every word of every query of the video, projected once per query
+                word_keys, word_values = (
+                    _per_video(t, query_video, rank, n_videos)[query_video]
+                    for t in layer.cross_attn.project(words)
+                )
                 keys, values = torch.cat([keys, word_keys], 1), torch.cat([values, word_values], 1)
             x = layer(x, related, keys, values, memory_mask)
         return self.norm(x)
@@ -141,6 +168,20 @@ class CSM(nn.Module):
         """The regression head: normalised moments (B_q, 2) with t_s <= t_e in [0, 1] from CSM's features."""
         center, width = torch.sigmoid(self.regress(features)).unbind(-1)
         return torch.stack([(center - width / 2).clamp(0, 1), (center + width / 2).clamp(0, 1)], -1)
+
+
+def _rank_in_video(query_video: Tensor) -> Tensor:
+    """Each query's position among the queries of its video in the batch (B_q,)."""
+    same = query_video[:, None] == query_video[None, :]
+    return torch.tril(same, diagonal=-1).sum(1)
+
+
+def _per_video(x: Tensor, query_video: Tensor, rank: Tensor, n_videos: int) -> Tensor:
+    """Per-query (B_q, L, ...) -> per-video (B_v, Q * L, ...): the video's queries side by side, zero-padded."""
+    slots, length = int(rank.max()) + 1, x.shape[1]
+    out = x.new_zeros(n_videos, slots, *x.shape[1:])
+    out[query_video, rank] = x
+    return out.reshape(n_videos, slots * length, *x.shape[2:])
 
 
 def moment_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -167,8 +167,9 @@ class MKTN(nn.Module):
     ) -> ModelOutput:
         """Per-query work over already encoded `videos`; `query_video` (B_q,) indexes them."""
         text = self.encode_text(batch)
-        words_ws = self.fusion.project_query(text.words)
-        sentence = text.sentence
+        sentence, words = text.sentence, text.words
+        if self.csm is not None and self.csm.word_context is not None:
+            words = self.csm.shared_words(text.words, text.mask, query_video, videos.mask.shape[0])
         if self.csm is not None:
             sentence = self.csm(
                 text.sentence,
@@ -180,7 +181,10 @@ class MKTN(nn.Module):
                 text.mask,
             )
         clips, clip_mask = videos.clips[query_video], videos.mask[query_video]
-        fused = self.fusion(clips, videos.merged[query_video], clip_mask, words_ws, text.mask, sentence)
+        # The sentence feature (CSM's, or q_e) joins the words as a token of the co-attention.
+        tokens = self.fusion.project_query(torch.cat([sentence[:, None], words], 1))
+        token_mask = torch.cat([text.mask.new_ones(len(text.mask), 1), text.mask], 1)
+        fused = self.fusion(clips, videos.merged[query_video], clip_mask, tokens, token_mask, sentence)
         head_out = self.head(fused, clip_mask, sentence)
         offsets = self.float_predictor(fused)
         phi = threshold(self.cfg.avm, progress) if self.avm is not None else 0.0
@@ -188,12 +192,12 @@ class MKTN(nn.Module):
         if compute_loss:
             if self.csm is not None:
                 out.csm_moments = self.csm.moments(sentence)
-            out.pairs = self.query_pairs(videos.pairs, text, words_ws, query_video)
+            out.pairs = self.query_pairs(videos.pairs, text, query_video)
             out.losses = self._losses(batch, out, head_out)
         return out
 
     def query_pairs(
-        self, pairs: PairEmbeddings | None, text: TextEncoding, words_ws: Tensor, query_video: Tensor
+        self, pairs: PairEmbeddings | None, text: TextEncoding, query_video: Tensor
     ) -> PairEmbeddings | None:
         """`pairs` (the video side) completed with the query side of the cross-pair modules.
 
@@ -204,7 +208,7 @@ class MKTN(nn.Module):
             return None
         pairs.query_video, pairs.word_mask = query_video, text.mask
         if self.avm is not None:
-            pairs.words_t = self.avm.transfer(words_ws, text.mask)
+            pairs.words_t = self.avm.transfer(self.fusion.project_query(text.words), text.mask)  # F_w W_S
         if self.opm is not None:
             pairs.phrases, pairs.phrase_mask = self.opm.phrases(text.words, text.mask)
         pairs.sentence = text.sentence  # APA's sentence prototype; always kept for transfer/sentence_cosine

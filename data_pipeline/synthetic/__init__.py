@@ -39,8 +39,7 @@ def generate(
 
     Video `i` depends only on `(seed, i)` and the world, so `generate(10, s)[:5] == generate(5, s)`.
     `mean_queries` and `num_clips` (inclusive range) override the mix's defaults; `noise` is the
-    norm of the per-token Gaussian noise relative to a unit-norm evidence vector. Structured videos of the
-    "train" split never contain their structure's held-out distractors (see `structures`).
+    norm of the per-token Gaussian noise relative to a unit-norm evidence vector.
     """
     if query_mix not in MIXES:
         raise ValueError(f"unknown query mix {query_mix!r}; expected one of {sorted(MIXES)}")
@@ -67,7 +66,7 @@ def generate(
             )
             continue
         features, duration, queries, meta = structured_video(
-            rng, video_id, structure, profile, mean_q, clips, world, num_patches, noise, split
+            rng, video_id, structure, profile, mean_q, clips, world, num_patches, noise
         )
         groups.append(
             VideoGroup(

@@ -54,7 +54,7 @@ ACTIONS = (
 )
 SUBJECTS = ("person", "a person", "the person", "someone", "the man", "a woman")
 SUFFIXES = ("", " slowly", " quickly", " again", " carefully", " in the room")
-NUM_SCENES, SCENE_OBJECTS, SCRIPT_LENGTH = 8, 6, 8
+NUM_SCENES, SCENE_OBJECTS, SCRIPT_ACTIONS = 8, 6, 2
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Event:
 @dataclass(frozen=True)
 class World:
     """Unit embeddings of every object and action, and the scenes: object ids (NUM_SCENES, SCENE_OBJECTS) and
-    scripts, (object, action) activities (NUM_SCENES, SCRIPT_LENGTH, 2) of the scene's objects."""
+    scripts, the actions (NUM_SCENES, SCENE_OBJECTS, SCRIPT_ACTIONS) its videos perform on each of its objects."""
 
     objects: np.ndarray
     actions: np.ndarray
@@ -104,14 +104,8 @@ class World:
         scenes = np.stack([scene_rng.permutation(len(OBJECTS))[:SCENE_OBJECTS] for _ in range(NUM_SCENES)])
         scripts = np.stack(
             [
-                np.stack(
-                    [
-                        scene_rng.choice(objs, SCRIPT_LENGTH),
-                        scene_rng.integers(len(ACTIONS), size=SCRIPT_LENGTH),
-                    ],
-                    1,
-                )
-                for objs in scenes
+                np.stack([scene_rng.permutation(len(ACTIONS))[:SCRIPT_ACTIONS] for _ in range(SCENE_OBJECTS)])
+                for _ in range(NUM_SCENES)
             ]
         )
         return cls(objects, actions, scenes, scripts)
