@@ -15,12 +15,11 @@ score is the cosine between the mean appearance prototype and the mean phrase pr
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mktn.config import OPMConfig
-from mktn.layers import mask_logits, masked_mean
+from mktn.layers import masked_mean
 
 
 class SparseAggregator(nn.Module):
@@ -102,10 +101,16 @@ class OPM(nn.Module):
             pooled_a = masked_mean(a.flatten(1, 2), appearance_mask.flatten(1, 2), dim=1)
             pooled_p = masked_mean(p, phrase_mask, dim=1)
             return F.normalize(pooled_a, dim=-1) @ F.normalize(pooled_p, dim=-1).T
-        sim = torch.einsum("vtad,qpd->vqtap", a, p)
-        allowed = appearance_mask[:, None, :, :, None] & phrase_mask[None, :, None, None, :]
-        best = mask_logits(sim, allowed).amax(dim=(2, 4))  # max over clips i and phrases j: (B_v, B_q, N_a)
-        slots = allowed.any(dim=4).any(
-            dim=2
-        )  # (B_v, B_q, N_a): slot l alive in some clip, the query has a phrase
-        return (best * slots).sum(-1) / slots.sum(-1).clamp_min(1)
+        # One matmul over every (clip slot, phrase) pair; masked entries get -2, below any cosine.
+        b_v, t, n_a, d = a.shape
+        sim = (a.reshape(-1, d) @ p.reshape(-1, d).T).view(
+            b_v, t, n_a, *p.shape[:2]
+        )  # (B_v, T, N_a, B_q, N_p)
+        sim = sim.masked_fill(~phrase_mask[None, None, None], -2.0).amax(
+            dim=4
+        )  # best phrase: (B_v, T, N_a, B_q)
+        best = sim.masked_fill(~appearance_mask[..., None], -2.0).amax(dim=1)  # best clip: (B_v, N_a, B_q)
+        slots = (best > -2.0).transpose(
+            1, 2
+        )  # (B_v, B_q, N_a): slot alive in some clip, the query has a phrase
+        return (best.transpose(1, 2) * slots).sum(-1) / slots.sum(-1).clamp_min(1)
