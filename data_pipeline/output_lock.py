@@ -10,11 +10,12 @@ second job on the same output is refused at once with one `OutputLocked` line na
   name, locked with `flock`, then hard-linked into place, which fails if a lock is there already. The
   kernel drops the `flock` when the holder dies however it dies, so a lock whose `flock` is free belongs to
   a crashed job: it is reported as stale, with its holder, and taken over only with `break_lock=True`.
-- Object stores: a conditional create (`If-None-Match: *`, which S3 and s3fs >= 2024.12 support: a second
-  create of the same key fails). A dead holder cannot be detected from another host; on the holder's own
-  host its pid is checked. `break_lock=True` removes a lock whose holder is not known to be alive; that
-  removal is not atomic, so break a lock on an object store only when its holder is known to be gone.
-  Filesystems without an atomic create (fsspec's fallback checks, then writes) get that weaker guarantee.
+- Object stores: a conditional create, `fs.pipe_file(path, data, mode="create")`: s3fs sends it as a PutObject
+  with `If-None-Match: *`, which S3 (and the moto server the tests use) refuses once the key exists. A dead
+  holder cannot be detected from another host; on the holder's own host its pid is checked.
+  `break_lock=True` removes a lock whose holder is not known to be alive; that removal is not atomic, so
+  break a lock on an object store only when its holder is known to be gone. Filesystems without an atomic
+  create (fsspec's fallback checks, then writes) get that weaker guarantee.
 """
 
 from __future__ import annotations
@@ -75,10 +76,13 @@ class OutputLock:
         if self._held:
             raise RuntimeError(f"{self.url}: this OutputLock is already held")
         record = json.dumps(self.holder).encode()
-        if isinstance(self.fs, LocalFileSystem):
-            self._fd = self._acquire_local(record)
-        else:
-            self._acquire_store(record)
+        try:
+            if isinstance(self.fs, LocalFileSystem):
+                self._fd = self._acquire_local(record)
+            else:
+                self._acquire_store(record)
+        except OSError as exc:  # a read-only or unreachable output
+            raise DataError(f"{self.url}: cannot create the output lock {LOCK_NAME} ({exc})") from exc
         self._held = True
         return self
 

@@ -529,7 +529,7 @@ def test_config_error_quotes_a_value_in_a_few_characters(tmp_path: Path) -> None
         ("train.lr=.inf", r"'train\.lr': Input should be a finite number"),
         ("model.avm.phi_init=.nan", r"'model\.avm\.phi_init': Input should be a finite number"),
         ("train.lr=1.0e+300", r"'train\.lr': Value error, must be finite in float32"),
-        ("data.max_sample_mb=-.inf", r"'data\.max_sample_mb': Input should be a finite number"),
+        ("train.weight_decay=.inf", r"'train\.weight_decay': Input should be a finite number"),
         ("train.seed=100000000000000000000000", r"'train\.seed': Input should be less than 4294967296"),
         ("train.seed=-1", r"'train\.seed': Input should be greater than or equal to 0"),
     ],
