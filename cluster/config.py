@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from data_pipeline.config import DataConfig, StrictConfig
+from data_pipeline.errors import echo
+from data_pipeline.safe_yaml import load_yaml
 from mktn.config import ModelConfig
 
 
@@ -28,7 +30,7 @@ class TrainConfig(StrictConfig):
     warmup_frac: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
     grad_accum: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # the range numpy and torch seeds accept
     checkpoint_every_epochs: int = Field(1, ge=1)
     keep_best: int = Field(2, ge=1)
     best_metric: str = "R1@0.5"
@@ -113,7 +115,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
             lines.append(f"unknown key '{key}'{hint}")
         else:
-            lines.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"'{key}': {err['msg']} (got {echo(err.get('input'))})")
     return ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines))
 
 
@@ -126,7 +128,7 @@ def apply_override(tree: dict, dotted: str) -> None:
     if not all(parts):
         raise ConfigError(f"override '{dotted}': empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # also a 5000-digit number, deep nesting
         raise ConfigError(f"override '{dotted}': value is not valid YAML ({exc})") from exc
     node = tree
@@ -174,7 +176,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> JobConfig:
     if path:
         try:
             with fsspec.open(path, "r") as f:
-                tree = yaml.safe_load(f) or {}
+                tree = load_yaml(f) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: config file not found") from exc
         except (yaml.YAMLError, ValueError, RecursionError) as exc:  # also non-UTF-8 bytes, deep nesting

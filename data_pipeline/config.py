@@ -3,13 +3,23 @@ unknown keys and wrong types are errors (the loader in `cluster.config` adds "di
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StrictConfig(BaseModel):
-    """A config section that forbids unknown keys and validates on assignment."""
+    """A config section that forbids unknown keys, validates on assignment and refuses floats that are not
+    finite in float32, the precision the model trains in (NaN, inf, 1e300)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _finite_in_float32(cls, value: Any) -> Any:
+        if isinstance(value, float) and abs(value) > 3.4028234663852886e38:  # float32's largest finite value
+            raise ValueError("must be finite in float32 (|x| <= 3.4e38)")
+        return value
 
 
 class DataConfig(StrictConfig):
@@ -33,4 +43,7 @@ class DataConfig(StrictConfig):
     )
     verify_checksums: bool = Field(
         True, description="check each shard's sha256 against the manifest before reading"
+    )
+    max_sample_mb: float = Field(
+        1024, gt=0, description="a shard member declaring more is a corrupt sample, never read (memory bound)"
     )

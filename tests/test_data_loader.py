@@ -292,7 +292,7 @@ def _good(key: str = "vid") -> dict:
         ),
         (
             lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"].replace(b'"start": ', b'"start": -'))],
-            r"outside 0 <= start < end",
+            r"must satisfy 0 <= start < end <= duration .* in float32",
         ),
         (
             lambda g: [("vid.npy", pickle.dumps(_Boom())), ("vid.json", g["json"])],

@@ -7,6 +7,7 @@ from typing import Any
 
 from cluster.storage import check_reachable
 from data_pipeline.build import BuildOptions
+from data_pipeline.features import MAX_FEATURE_BYTES
 from data_pipeline.prepare import prepare_annotations, prepare_synthetic
 from data_pipeline.readers import FORMATS
 from data_pipeline.synthetic import MIXES
@@ -15,7 +16,8 @@ LAYOUT = """output layout (any fsspec URL: a path, file://, s3://, memory://):
   shards/shard-NNNNNN.tar  one sample per video group (<key>.npy features + <key>.json queries)
   manifest.parquet         one row per video;  shards.parquet: sha256 per shard
   vocab.json, dataset.json (written last: a dataset without it is incomplete)
-Re-running into an existing dataset is refused unless --overwrite."""
+Re-running into an existing dataset is refused unless --overwrite; a prepare running into the same
+output is refused (OUT/.mktn.lock names it)."""
 
 HELP = {
     "charades-sta": "Charades-STA txt (`VID START END##sentence`); durations from --durations or --feature-fps",
@@ -92,6 +94,18 @@ def _add_dataset(kinds: argparse._SubParsersAction, fmt: str) -> None:
     p.add_argument(
         "--vocab", metavar="URL", help="reuse this vocab.json (the training split's, for val/test)"
     )
+    p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="read feature files that are links leading out of the --features directory (default: refused)",
+    )
+    p.add_argument(
+        "--max-feature-mb",
+        type=int,
+        default=MAX_FEATURE_BYTES >> 20,
+        metavar="MB",
+        help=f"refuse one video's features over this size (default {MAX_FEATURE_BYTES >> 20})",
+    )
     if fmt == "charades-sta":
         p.add_argument(
             "--durations",
@@ -145,6 +159,9 @@ def _add_output_options(p: argparse.ArgumentParser, shard_size_mb: float = 64.0)
         help=f"target shard size in MB (default {shard_size_mb:g})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output")
+    p.add_argument(
+        "--break-lock", action="store_true", help="take over the output's lock left by a crashed prepare"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -173,6 +190,9 @@ def _run_dataset(args: argparse.Namespace) -> int:
         shard_size_mb=args.shard_size_mb,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        follow_links=args.follow_links,
+        max_feature_bytes=args.max_feature_mb << 20,
+        break_lock=args.break_lock,
     )
     _summary(args.out, info)
     return 0
@@ -192,6 +212,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         shard_size_mb=args.shard_size_mb,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        break_lock=args.break_lock,
     )
     for split, info in infos.items():
         _summary(f"{args.out.rstrip('/')}/{split}", info)
