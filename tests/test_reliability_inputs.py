@@ -329,7 +329,7 @@ def test_bad_dataset_json_is_named(tmp_path: Path, content: bytes) -> None:
 def test_config_beyond_the_parser_limits_is_named(
     tmp_path: Path, content: bytes, override: str | None
 ) -> None:
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     (tmp_path / "job.yaml").write_bytes(content)
     with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML"):

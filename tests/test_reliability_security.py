@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.config import ConfigError, load_config
+from cluster.job.config import ConfigError, load_config
 from data_pipeline.build import BuildOptions
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
@@ -362,22 +362,22 @@ def _artifact(root: Path, pattern: str) -> Path:
 def test_registry_artifact_with_a_pickle_is_refused(registered: str, tmp_path: Path, marker: Path) -> None:
     """The registered version's safetensors replaced by a pickle in the artifact store: `mktn predict`'s
     loader refuses it without running it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     _artifact(tmp_path, "*.safetensors").write_bytes(_pickle(marker))
     with pytest.raises(Exception):  # noqa: B017 - the property is "refused", whatever the library's error
-        load_predictor(registered)
+        Predictor.load(registered)
 
 
 def test_registry_artifact_code_file_is_not_run(registered: str, tmp_path: Path) -> None:
     """A tampered artifact store replaces the stored entry file: predicting must not execute it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     ran = tmp_path / "CODE-RAN"
     entry = _artifact(tmp_path, "pyfunc_entry.py")
     entry.write_text(f"open({str(ran)!r}, 'w')\n" + entry.read_text())
     try:
-        load_predictor(registered)
+        Predictor.load(registered)
     finally:
         assert not ran.exists(), "code from the registry artifact was executed"
 

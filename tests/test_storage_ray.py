@@ -9,7 +9,7 @@ import tempfile
 import boto3
 import pytest
 
-from cluster.storage import pyarrow_filesystem
+from cluster.job.storage import pyarrow_filesystem
 
 pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
 

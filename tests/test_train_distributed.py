@@ -155,8 +155,8 @@ def test_zero3_export_and_checkpoint_reproduce_validation_without_deepspeed_or_r
 import json, sys
 sys.modules["deepspeed"] = sys.modules["ray"] = None  # importing either now fails
 from mktn.export import load_model
-from cluster.evaluate import evaluate
-from cluster.config import JobConfig
+from cluster.serve.evaluate import evaluate
+from cluster.job.config import JobConfig
 job = JobConfig.model_validate(json.load(open({str(zero3 / "run.json")!r}))["config"])
 print(json.dumps(evaluate(load_model({str(zero3 / "model")!r}), {data[1]!r}, job.data).metrics))
 """

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.preflight import METRIC_KEYS
-from cluster.tracking import mlflow_key
+from cluster.job.network import free_port
+from cluster.tracking.runs import mlflow_key
+from mktn.metrics import METRIC_KEYS
 from tests.train_jobs import CONFIG, REPO, job_env, run, start, tiny_dataset, wait_for
 
 NAME = "mktn-synthetic"
@@ -42,7 +42,7 @@ space:
 REPRODUCE = """
 import json, sys
 import mlflow, numpy as np, pandas as pd
-from cluster.assign import assign_shards, read_dataset_shards
+from cluster.train.assign import assign_shards, read_dataset_shards
 from data_pipeline.config import DataConfig
 from data_pipeline.loader import CorruptLog, iter_video_groups
 from mktn.metrics import grounding_metrics
@@ -213,9 +213,7 @@ def test_mlflow_models_serve_answers_a_request(search: dict) -> None:
         "dataframe_split": {"columns": ["video_id", "sentence", "duration", "features"], "data": rows},
         "params": {"top_k": 3},
     }
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = search["root"] / "serve.log"
     server = start(
         [
