@@ -1,4 +1,4 @@
-"""cluster.storage against a real S3 server on loopback (moto) and the local disk."""
+"""cluster.job.storage against a real S3 server on loopback (moto) and the local disk."""
 
 from __future__ import annotations
 

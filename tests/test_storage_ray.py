@@ -1,4 +1,4 @@
-"""Ray Train checkpoints on an S3 server through `cluster.storage.pyarrow_filesystem`, and resume from them."""
+"""Ray Train checkpoints on an S3 server through `cluster.job.storage.pyarrow_filesystem`, and resume from them."""
 
 from __future__ import annotations
 

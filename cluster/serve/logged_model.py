@@ -28,6 +28,7 @@ def read_logged_model(local: str) -> tuple[MKTN, DataConfig, str | None]:
     (YAML), the exported folder (safetensors + JSON) and the model config, so a tampered artifact store can
     at worst fail to load."""
     from mlflow.models import Model  # imported here: a Predictor of a local model needs no MLflow
+    from mlflow.pyfunc import MODEL_CONFIG  # the flavor's key of the model config: "config"
 
     logged = Model.load(local)
     flavor = logged.flavors.get("python_function", {})
@@ -38,5 +39,5 @@ def read_logged_model(local: str) -> tuple[MKTN, DataConfig, str | None]:
             f"{local}: not an MKTN model registered by `mktn register` (no {MODEL_ARTIFACT} artifact "
             "inside the model folder)"
         )
-    data = DataConfig.model_validate(flavor.get("model_config") or {})
+    data = DataConfig.model_validate(flavor.get(MODEL_CONFIG) or {})
     return load_model(str(root / folder)), data, logged.run_id
