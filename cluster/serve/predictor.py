@@ -157,29 +157,9 @@ class Predictor:
         `(clips, tokens, dim)`: an array, or the path/URL of a `.npy` file (never unpickled); `duration` is the
         video's length in seconds. All sentences are grounded together (the video is encoded once). A bad
         input raises ValueError naming it (and which sentences, by position)."""
-        if isinstance(sentences, str):
-            raise ValueError("sentences must be a list of strings, got one string")
-        queries, problems = [], {}
-        for i, sentence in enumerate(sentences):
-            try:
-                queries.append(
-                    parse_query(
-                        {"video_id": "video", "sentence": sentence, "duration": duration}, i, self.limits
-                    )
-                )
-            except ValueError as exc:
-                problems.setdefault(str(exc), []).append(i)
-        if problems:
-            raise ValueError(
-                "; ".join(f"sentences at positions {rows}: {message}" for message, rows in problems.items())
-            )
-        if not queries:
-            raise ValueError("no sentences given")
-        array = (
-            _read_npy(os.fspath(features))
-            if isinstance(features, str | os.PathLike)
-            else np.asarray(features)
-        )
+        queries = self._one_video(sentences, duration)
+        path = features if isinstance(features, str | os.PathLike) else None
+        array = np.asarray(features) if path is None else _read_npy(os.fspath(path))
         result = self.predict_queries(queries, lambda _: array, top_k)
         if result.errors:
             raise ValueError(result.errors[0].message)
@@ -215,6 +195,25 @@ class Predictor:
         """Ranked moments of every query of a collated batch: one forward pass on the model's device, decoded."""
         batch = batch.to(next(self.model.parameters()).device)
         return self.model.decode(self.model(batch, compute_loss=False), batch, top_k=top_k)
+
+    def _one_video(self, sentences: Sequence[str], duration: float) -> list[Query]:
+        """One query per sentence about one video; ValueError naming every problem and where it is."""
+        if isinstance(sentences, str):
+            raise ValueError("sentences must be a list of strings, got one string")
+        queries, problems = [], {}
+        for i, sentence in enumerate(sentences):
+            row = {"video_id": "video", "sentence": sentence, "duration": duration}
+            try:
+                queries.append(parse_query(row, i, self.limits))
+            except ValueError as exc:
+                problems.setdefault(str(exc), []).append(i)
+        if problems:
+            raise ValueError(
+                "; ".join(f"sentences at positions {at}: {what}" for what, at in problems.items())
+            )
+        if not queries:
+            raise ValueError("no sentences given")
+        return queries
 
     def _group(self, video_id: str, queries: list[Query], load: Callable[[str], np.ndarray]) -> VideoGroup:
         """The checked `VideoGroup` of one video; ValueError when its features or size do not fit the model."""
