@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import posixpath
 import statistics
 import tempfile
@@ -60,7 +59,6 @@ from data_pipeline.shards import read_dataset_info
 from data_pipeline.text import Vocab
 from mktn.metrics import METRIC_KEYS
 
-log = logging.getLogger(__name__)
 RAY_RUN_NAME = "train"
 
 

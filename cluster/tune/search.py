@@ -19,7 +19,6 @@ MLflow run); its state is Ray's own (pickled by Ray Tune), so only restore searc
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from cluster.tune.results import TrialRow, best_trial, plot_metric, trial_rows, 
 from cluster.tune.space import AshaConfig, SearchSpec, load_search, probe_jobs
 from mktn.metrics import METRIC_KEYS
 
-log = logging.getLogger(__name__)
 SEARCH_FILE = "search.json"
 SEARCH_FORMAT = "mktn-search-v1"
 TUNE_RUN_NAME = "search"
