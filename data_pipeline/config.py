@@ -1,25 +1,10 @@
-"""Typed config sections. `StrictConfig` is the base of every section in the project:
-unknown keys and wrong types are errors (the loader in `cluster.config` adds "did you mean")."""
+"""The data section of a job config: where the shards live and how video groups are batched and read."""
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-
-class StrictConfig(BaseModel):
-    """A config section that forbids unknown keys, validates on assignment and refuses floats that are not
-    finite in float32, the precision the model trains in (NaN, inf, 1e300)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _finite_in_float32(cls, value: Any) -> Any:
-        if isinstance(value, float) and abs(value) > 3.4028234663852886e38:  # float32's largest finite value
-            raise ValueError("must be finite in float32 (|x| <= 3.4e38)")
-        return value
+from strict_config import StrictConfig
 
 
 class DataConfig(StrictConfig):

@@ -37,7 +37,7 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from data_pipeline.batch import Batch, collate
+from data_pipeline.batch import Batch, budget_batches, collate
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 from data_pipeline.features import NPY_HEADER_BYTES
@@ -211,34 +211,6 @@ def iter_video_groups(
     if rng is not None and data_cfg.shuffle_buffer > 1:
         stages.append(wds.shuffle(data_cfg.shuffle_buffer, initial=data_cfg.shuffle_buffer, rng=rng))
     return iter(wds.DataPipeline(*stages))
-
-
-def budget_batches(
-    groups: Iterable[VideoGroup], max_queries: int, max_videos: int, oversized: str = "refuse"
-) -> Iterator[list[VideoGroup]]:
-    """Cut a stream of video groups into lists of at most `max_queries` queries and `max_videos` videos.
-
-    A video group is never split. One with more queries than the budget is an error naming it
-    (`oversized="refuse"`, training: the budget bounds memory) or a batch of its own (`oversized="alone"`,
-    inference: every query must get an answer).
-    """
-    if oversized not in ("refuse", "alone"):
-        raise ValueError(f"oversized={oversized!r}: expected 'refuse' or 'alone'")
-    batch: list[VideoGroup] = []
-    queries = 0
-    for group in groups:
-        if group.num_queries > max_queries and oversized == "refuse":
-            raise DataError(
-                f"video {group.video_id!r} has {group.num_queries} queries, more than "
-                f"max_queries_per_batch={max_queries}; a video group is never split, so raise the budget"
-            )
-        if batch and (queries + group.num_queries > max_queries or len(batch) >= max_videos):
-            yield batch
-            batch, queries = [], 0
-        batch.append(group)
-        queries += group.num_queries
-    if batch:
-        yield batch
 
 
 def check_batch_budget(dataset_url: str, data_cfg: DataConfig) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import cluster.commands.prepare  # noqa: F401  imported before the clock starts
+import cluster.cli.prepare  # noqa: F401  imported before the clock starts
 from cluster.cli import main
 from data_pipeline.output_lock import LOCK_NAME, OutputLock, OutputLocked
 from data_pipeline.shards import read_dataset_info, read_shard_table

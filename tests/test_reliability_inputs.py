@@ -190,7 +190,7 @@ def _peak(fn: Callable[[], object]) -> tuple[object, int]:
 def test_query_rows_are_streamed_and_their_errors_bounded(tmp_path: Path) -> None:
     """A 1M-line query file of refusals reached 1.55 GB RSS: the reader now holds one line at a time, stops
     after `max_errors` bad lines, and never holds a line over `max_line_bytes`."""
-    from cluster.predict import Limits, parse_query
+    from cluster.serve.queries import Limits, parse_query
 
     def parse(obj: object, line: int) -> object:
         return parse_query(obj, line, Limits())
@@ -473,7 +473,7 @@ def test_bad_dataset_json_is_named(tmp_path: Path, content: bytes) -> None:
 def test_config_beyond_the_parser_limits_is_named(
     tmp_path: Path, content: bytes, override: str | None
 ) -> None:
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     (tmp_path / "job.yaml").write_bytes(content)
     with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML"):
@@ -486,7 +486,7 @@ def test_config_beyond_the_parser_limits_is_named(
 def test_yaml_alias_bomb_is_one_short_line(tmp_path: Path) -> None:
     """A 395-byte file of 7 alias levels (x9 each: 4.8 M values) made a 35 MB error line; a value containing
     itself, and the same bomb as an override, are refused the same way."""
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     levels = ['&a ["x","x","x","x","x","x","x","x","x"]']
     for prev, name in zip("abcdef", "bcdefg"):
@@ -511,7 +511,7 @@ def test_yaml_alias_bomb_is_one_short_line(tmp_path: Path) -> None:
 
 
 def test_config_error_quotes_a_value_in_a_few_characters(tmp_path: Path) -> None:
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     (tmp_path / "job.yaml").write_text("train:\n  lr: [" + ", ".join(["12345"] * 20_000) + "]\n")
     with pytest.raises(ConfigError) as info:
@@ -536,7 +536,7 @@ def test_config_error_quotes_a_value_in_a_few_characters(tmp_path: Path) -> None
 )
 def test_config_numbers_must_be_finite_in_float32_and_seeds_in_range(override: str, message: str) -> None:
     """`train.lr=.inf` and `model.avm.phi_init=.nan` were accepted; `train.seed=1e23` overflowed in the workers."""
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])

@@ -31,7 +31,7 @@ import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
 from cluster.cli import main
-from cluster.config import ConfigError, load_config
+from cluster.job.config import ConfigError, load_config
 from data_pipeline.build import BuildOptions
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
@@ -634,22 +634,22 @@ def _artifact(root: Path, pattern: str) -> Path:
 def test_registry_artifact_with_a_pickle_is_refused(registered: str, tmp_path: Path, marker: Path) -> None:
     """The registered version's safetensors replaced by a pickle in the artifact store: `mktn predict`'s
     loader refuses it without running it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     _artifact(tmp_path, "*.safetensors").write_bytes(_pickle(marker))
     with pytest.raises(Exception):  # noqa: B017 - the property is "refused", whatever the library's error
-        load_predictor(registered)
+        Predictor.load(registered)
 
 
 def test_registry_artifact_code_file_is_not_run(registered: str, tmp_path: Path) -> None:
     """A tampered artifact store replaces the stored entry file: predicting must not execute it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     ran = tmp_path / "CODE-RAN"
     entry = _artifact(tmp_path, "pyfunc_entry.py")
     entry.write_text(f"open({str(ran)!r}, 'w')\n" + entry.read_text())
     try:
-        load_predictor(registered)
+        Predictor.load(registered)
     finally:
         assert not ran.exists(), "code from the registry artifact was executed"
 
@@ -735,9 +735,8 @@ yaml.safe_load(s); model.eval(); json.loads(s)
 def test_no_unsafe_deserialisation_in_the_source_tree() -> None:
     """Every package and benchmark: no pickle/marshal/shelve loads, torch.load only with weights_only=True,
     np.load never with allow_pickle=True, YAML only through the safe loader, no pickle-based MLflow flavours."""
-    files = [
-        p for d in ("data_pipeline", "mktn", "cluster", "bench") for p in sorted((REPO / d).rglob("*.py"))
-    ]
+    folders = ("data_pipeline", "mktn", "cluster", "bench", "scripts")
+    files = [REPO / "strict_config.py", *(p for d in folders for p in sorted((REPO / d).rglob("*.py")))]
     assert len(files) > 20
     problems = [
         f"{path.relative_to(REPO)}:{line}: {what}"
