@@ -29,11 +29,11 @@ lock: setup          ## rewrite constraints.txt from .venv (after changing the d
 demo: setup          ## synthetic data -> shards -> 2-worker ZeRO-2 training -> eval
 	$(BIN)/mktn demo --output runs/demo
 
-test: setup          ## the default suite (CI runs this)
-	$(BIN)/python -m pytest -q
+test: setup          ## the default suite (CI runs this); the 15 slowest tests are listed at the end
+	$(BIN)/python -m pytest -q --durations=15
 
-test-slow: setup     ## multi-node, object-store and soak suites
-	$(BIN)/python -m pytest -q -m slow
+test-slow: setup     ## multi-node, object-store, fault and soak suites
+	$(BIN)/python -m pytest -q --durations=15 -m slow
 
 bench: setup         ## every benchmark, full size (8-17 min on 2 cores)
 	$(BIN)/python -m bench.run_all

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 
 from bench.common import Report, Table, parse, parser, publish
-from cluster.config import JobConfig, load_config
+from cluster.job.config import JobConfig, load_config
 from data_pipeline.synthetic import generate
 from data_pipeline.types import VideoGroup
 from mktn.config import ModelConfig

@@ -32,11 +32,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cluster.tracking import default_tracking_uri, git_commit, mlflow_key  # noqa: E402
+from cluster.tracking.runs import git_commit, log_metrics, mlflow_key, open_run  # noqa: E402
+from cluster.tracking.store import default_tracking_uri  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EXPERIMENT = "mktn-bench"
-MLFLOW_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+PATIENCE_S = 60.0  # how long MLflow calls wait out an unreachable tracking server
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,7 +105,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "git_commit": git_commit(REPO_ROOT),
+        "git_commit": git_commit(),
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -260,28 +261,11 @@ def _metric_name(name: str) -> str:
 
 def _log_mlflow(report: Report, results: Path, seconds: float, files: list[Path]) -> None:
     """One run per benchmark in experiment `EXPERIMENT`: machine as params, metrics, targets, the files."""
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(str(results))
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        location = None if uri.startswith("http") else (results.resolve() / "mlartifacts").as_uri()
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(str(results)))
     m = report.machine
-    tags = {
-        "bench": report.name,
-        "quick": str(report.quick),
-        "git_commit": m["git_commit"],
-        "mlflow.source.git.commit": m["git_commit"],
-    }
-    run = client.create_run(
-        experiment_id, run_name=report.name + ("-quick" if report.quick else ""), tags=tags
-    )
     params = {
         "cpu": m["cpu"],
         "cores": m["cores"],
@@ -291,19 +275,23 @@ def _log_mlflow(report: Report, results: Path, seconds: float, files: list[Path]
         "load_avg_end": m["load_avg_1_5_15_at_end"],
         **{f"version.{k}": v for k, v in m["versions"].items()},
     }
-    stamp = int(time.time() * 1000)
+    tags = {
+        "bench": report.name,
+        "quick": str(report.quick),
+        "targets_met": f"{sum(t.met for t in report.targets)}/{len(report.targets)}",
+    }
+    run_id = open_run(
+        client,
+        EXPERIMENT,
+        tags=tags,
+        params=params,
+        run_name=report.name + ("-quick" if report.quick else ""),
+        patience_s=PATIENCE_S,
+    )
     metrics = {**report.metrics, "seconds": seconds}
     metrics |= {f"target/{t.name}/met": float(t.met) for t in report.targets}
-    rows = [
-        Metric(_metric_name(k), float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(float(v))
-    ]
-    client.log_batch(
-        run.info.run_id,
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag("targets_met", f"{sum(t.met for t in report.targets)}/{len(report.targets)}")],
-    )
-    for i in range(0, len(rows), MLFLOW_BATCH):
-        client.log_batch(run.info.run_id, metrics=rows[i : i + MLFLOW_BATCH])
+    finite = {_metric_name(k): float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    log_metrics(client, run_id, finite, PATIENCE_S)
     for path in files:
-        client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id, "FINISHED")
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")

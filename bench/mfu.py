@@ -22,9 +22,8 @@ from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Report, Table, interleaved, median, parse, parser, publish
-from cluster.config import load_config
-from data_pipeline.batch import Batch, collate
-from data_pipeline.loader import budget_batches
+from cluster.job.config import load_config
+from data_pipeline.batch import Batch, budget_batches, collate
 from data_pipeline.synthetic import generate
 from mktn.fit import synthetic_vocab
 from mktn.model import MKTN, build_model

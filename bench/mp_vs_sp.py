@@ -32,9 +32,8 @@ from tqdm import tqdm
 from bench.ablations import learning_run
 from bench.common import Report, Table, Target, interleaved, median, parse, parser, publish
 from bench.profiling import peak_memory_bytes, profile_step
-from cluster.config import JobConfig, load_config
-from data_pipeline.batch import Batch, collate
-from data_pipeline.loader import budget_batches
+from cluster.job.config import JobConfig, load_config
+from data_pipeline.batch import Batch, budget_batches, collate
 from data_pipeline.synthetic import MIXES, generate
 from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup

@@ -7,7 +7,7 @@ defaults' feature shape, small shards so loader workers can split them):
    interleaved: time to first batch, videos/s, queries/s, shard MB/s;
 2. consumption: training steps (forward, backward, AdamW) of the default model (configs/synthetic.yaml)
    on the same batches, timed in the same run: the queries/s one training worker consumes;
-3. data wait: the trainer's own loop shape (`cluster.lockstep` over `iter_batches`, a step per batch)
+3. data wait: the trainer's own loop shape (`cluster.train.lockstep` over `iter_batches`, a step per batch)
    for each worker count: the fraction of wall time spent waiting for the next batch, with the
    configured prefetch thread (`data.prefetch_batches`, the default) and without it (0), side by side.
 """
@@ -25,8 +25,8 @@ import torch
 from matplotlib.figure import Figure
 
 from bench.common import Report, Table, Target, interleaved, median, parse, parser, publish
-from cluster.config import load_config
-from cluster.lockstep import lockstep
+from cluster.job.config import load_config
+from cluster.train.lockstep import lockstep
 from data_pipeline.config import DataConfig
 from data_pipeline.loader import iter_batches
 from data_pipeline.prepare import prepare_synthetic
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def data_wait(urls: list[str], vocab: Vocab, cfg: DataConfig, train_step: Any, steps: int) -> float:
-    """Fraction of wall time the trainer's loop (`cluster.lockstep` + a step per batch) waits for data."""
+    """Fraction of wall time the trainer's loop (`cluster.train.lockstep` + a step per batch) waits for data."""
     started, waited = time.perf_counter(), 0.0
     stream = lockstep(
         lambda p: iter_batches(urls, vocab, cfg, seed=1, epoch=p, shuffle=True), torch.device("cpu")

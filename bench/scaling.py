@@ -29,9 +29,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bench.common import Report, Table, Target, parse, parser, publish
-from cluster.config import load_config
-from cluster.metric_sink import read_spool
-from cluster.run_folder import RunFolder
+from cluster.job.config import load_config
+from cluster.job.run_folder import RunFolder
+from cluster.tracking.metric_sink import read_spool
 from data_pipeline.prepare import prepare_synthetic
 from data_pipeline.shards import read_dataset_info
 from data_pipeline.text import Vocab

@@ -3,11 +3,10 @@
 Real DeepSpeed over gloo on CPU (DS_ACCELERATOR=cpu). For each model (the default of
 configs/synthetic.yaml, and a wide variant with d_model=1024 where sharding matters) and each stage,
 two fresh worker processes (forked from a server that has imported torch and DeepSpeed; each peak RSS
-belongs to that configuration alone) build the model and wrap it as training does
-(`cluster.engine_model.EngineModel`, `deepspeed.initialize` with the DeepSpeed config of
-`cluster.deepspeed_config`), train on their own synthetic batches, then save and load a checkpoint with
-`cluster.checkpoint`. Each worker gets one thread (two workers share the two cores, like Ray's
-`cpus_per_worker=1`).
+belongs to that configuration alone) build the model and its engine as training does
+(`cluster.train.engine.build_engine`, with the DeepSpeed config of `cluster.train.deepspeed_config`), train
+on their own synthetic batches, then save and load a checkpoint with `cluster.train.checkpoint`. Each worker
+gets one thread (two workers share the two cores, like Ray's `cpus_per_worker=1`).
 
 Param+optimizer memory per worker counts the distinct tensor storages the worker holds after a step:
 parameters (its ZeRO-3 partition plus the parameters too small to partition, else the whole model),
@@ -21,7 +20,6 @@ import logging
 import os
 import resource
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -39,12 +37,12 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from bench.common import Report, Table, Target, parse, parser, publish
-from cluster import checkpoint
-from cluster.config import load_config
-from cluster.deepspeed_config import deepspeed_config
-from cluster.engine_model import EngineModel
-from data_pipeline.batch import collate
-from data_pipeline.loader import budget_batches
+from cluster.job.config import load_config
+from cluster.job.network import free_port
+from cluster.train import checkpoint
+from cluster.train.deepspeed_config import deepspeed_config
+from cluster.train.engine import EngineModel, build_engine
+from data_pipeline.batch import budget_batches, collate
 from data_pipeline.synthetic import generate
 from mktn.fit import synthetic_vocab
 from mktn.model import build_model
@@ -115,8 +113,6 @@ def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    import deepspeed
-
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     job = load_config(str(CONFIG), [*spec.overrides, f"deepspeed.zero_stage={spec.stage}"])
     groups = generate(24 * WORLD if spec.steps > 2 else 8 * WORLD, seed=0, query_mix="charades")
@@ -130,11 +126,7 @@ def _worker(rank: int, spec: Spec, port: int, out: str) -> None:
     model = build_model(
         job.model, vocab, mine[0].features.shape[-1], mine[0].features.shape[1], job.data.max_clips
     )
-    engine, *_ = deepspeed.initialize(
-        model=EngineModel(model),
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(job, WORLD, optimizer_steps=spec.steps + 1),
-    )
+    engine = build_engine(model, deepspeed_config(job, WORLD, optimizer_steps=spec.steps + 1))
     times = []
     for i in range(spec.steps + 1):  # the first step builds the optimizer state: warm-up, not timed
         batch = batches[i % len(batches)]
@@ -177,7 +169,7 @@ def run_spec(spec: Spec) -> dict[str, Any]:
     """Run one configuration in two fresh processes; their results, or an error naming the configuration."""
     with tempfile.TemporaryDirectory(prefix="mktn-bench-zero-") as out:
         context = mp.start_processes(
-            _worker, args=(spec, _free_port(), out), nprocs=WORLD, join=False, start_method="forkserver"
+            _worker, args=(spec, free_port(), out), nprocs=WORLD, join=False, start_method="forkserver"
         )
         deadline = time.monotonic() + spec.timeout_s
         while not context.join(timeout=5):
@@ -203,12 +195,6 @@ def run_spec(spec: Spec) -> dict[str, Any]:
         "save_s": max(r["save_s"] for r in ranks),
         "load_s": max(r["load_s"] for r in ranks),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,7 @@
-"""The padded, masked batch of video groups that every model consumes.
+"""The padded, masked batch of video groups that every model consumes, and the rule that forms batches.
+
+`budget_batches` packs whole video groups under a query and a video budget (a video's queries are never
+split); `collate` pads them into one `Batch`.
 
 A batch holds `B_v` video groups and all `B_q` of their queries. Videos are encoded once;
 `query_video[j]` says which video query `j` belongs to. Token 0 of a clip is its global
@@ -7,12 +10,13 @@ token; tokens 1..C are patch tokens (C = 0 for features without patches, so P = 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from data_pipeline.errors import DataError
 from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup
 
@@ -77,6 +81,34 @@ def moment_to_clips(start: float, end: float, duration: float, n_clips: int) -> 
     s_idx = min(max(int(np.floor(cs)), 0), n_clips - 1)
     e_idx = min(max(int(np.ceil(ce)) - 1, s_idx), n_clips - 1)
     return cs, ce, s_idx, e_idx
+
+
+def budget_batches(
+    groups: Iterable[VideoGroup], max_queries: int, max_videos: int, oversized: str = "refuse"
+) -> Iterator[list[VideoGroup]]:
+    """Cut a stream of video groups into lists of at most `max_queries` queries and `max_videos` videos.
+
+    A video group is never split. One with more queries than the budget is an error naming it
+    (`oversized="refuse"`, training: the budget bounds memory) or a batch of its own (`oversized="alone"`,
+    inference: every query must get an answer).
+    """
+    if oversized not in ("refuse", "alone"):
+        raise ValueError(f"oversized={oversized!r}: expected 'refuse' or 'alone'")
+    batch: list[VideoGroup] = []
+    queries = 0
+    for group in groups:
+        if group.num_queries > max_queries and oversized == "refuse":
+            raise DataError(
+                f"video {group.video_id!r} has {group.num_queries} queries, more than "
+                f"max_queries_per_batch={max_queries}; a video group is never split, so raise the budget"
+            )
+        if batch and (queries + group.num_queries > max_queries or len(batch) >= max_videos):
+            yield batch
+            batch, queries = [], 0
+        batch.append(group)
+        queries += group.num_queries
+    if batch:
+        yield batch
 
 
 def collate(groups: Sequence[VideoGroup], vocab: Vocab, max_clips: int, max_words: int = 30) -> Batch:

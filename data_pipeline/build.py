@@ -10,11 +10,14 @@ Rules (each violation is a `DataError` naming the record's file and line/key, or
 - features present, float, finite, non-empty, with the same dim and tokens per clip for every
   video (`feature_dim` when declared, else the first video's);
 - one duration per video: from the annotations (lines must agree to 0.05 s) or, when the format
-  has none, `num_clips / feature_fps`.
+  has none, `num_clips / feature_fps`;
+- durations, times and the feature fps within `data_pipeline.ranges` (judged in float32, as the model
+  computes: 1e308 s or an fps of 1e-300 pass float64 checks and turn the loss into NaN).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +25,7 @@ import numpy as np
 
 from data_pipeline.errors import DataError, ErrorLog
 from data_pipeline.features import FeatureStore, check_features
+from data_pipeline.ranges import MAX_SECONDS, check_duration, check_fps, check_moment
 from data_pipeline.readers import AnnotationRecord
 from data_pipeline.types import QueryAnnotation, VideoGroup
 
@@ -38,6 +42,14 @@ class BuildOptions:
     allow_duplicates: bool = False
     feature_dim: int | None = None
     feature_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.feature_fps is not None:
+            check_fps(self.feature_fps, "feature fps", "--feature-fps")
+        if not (math.isfinite(self.end_tolerance_s) and 0 <= self.end_tolerance_s <= MAX_SECONDS):
+            raise DataError(
+                f"--end-tolerance: expected seconds in [0, {MAX_SECONDS:g}], got {self.end_tolerance_s}"
+            )
 
 
 def build_video_groups(
@@ -82,16 +94,16 @@ def _duration(video_id: str, recs: list[AnnotationRecord], feats: np.ndarray, op
             raise DataError(
                 f"video {video_id!r}: no duration in the annotations; give durations or a feature fps"
             )
-        return feats.shape[0] / options.feature_fps
+        return check_duration(
+            feats.shape[0] / options.feature_fps, f"video {video_id!r} ({feats.shape[0]} clips / feature fps)"
+        )
     first = given[0]
     for rec in given[1:]:
         if abs(rec.duration - first.duration) > DURATION_AGREEMENT_S:
             raise DataError(
                 f"{rec.where}: duration {rec.duration} disagrees with {first.duration} at {first.where}"
             )
-    if first.duration <= 0:
-        raise DataError(f"{first.where}: duration must be > 0, got {first.duration}")
-    return first.duration
+    return check_duration(first.duration, first.where)
 
 
 def _valid_queries(
@@ -142,4 +154,6 @@ def _checked_end(rec: AnnotationRecord, duration: float, tolerance: float) -> fl
         )
     if rec.start >= duration:
         raise DataError(f"{rec.where}: start {rec.start} is not before the video duration {duration}")
-    return min(rec.end, duration)
+    end = min(rec.end, duration)
+    check_moment(rec.start, end, duration, rec.where)
+    return end

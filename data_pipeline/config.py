@@ -1,15 +1,10 @@
-"""Typed config sections. `StrictConfig` is the base of every section in the project:
-unknown keys and wrong types are errors (the loader in `cluster.config` adds "did you mean")."""
+"""The data section of a job config: where the shards live and how video groups are batched and read."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class StrictConfig(BaseModel):
-    """A config section that forbids unknown keys and validates on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from strict_config import StrictConfig
 
 
 class DataConfig(StrictConfig):
@@ -33,4 +28,7 @@ class DataConfig(StrictConfig):
     )
     verify_checksums: bool = Field(
         True, description="check each shard's sha256 against the manifest before reading"
+    )
+    max_sample_mb: float = Field(
+        1024, gt=0, description="a shard member declaring more is a corrupt sample, never read (memory bound)"
     )

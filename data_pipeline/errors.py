@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 OnError = Literal["raise", "skip"]
 
 
 class DataError(ValueError):
     """A problem with input data; the message names the file and line/key/video and what was expected."""
+
+
+class LineError(DataError):
+    """A bad line of a text file: `str()` is `file:line: reason`; `line` and `reason` serve callers that
+    report lines in their own format (the query rows of `mktn predict`)."""
+
+    def __init__(self, url: str, line: int, reason: str):
+        super().__init__(f"{url}:{line}: {reason}")
+        self.line, self.reason = line, reason
+
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother = 3, 200, 200
+
+
+def echo(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, for quoting an untrusted value in a one-line error; nested
+    containers are abbreviated by `reprlib` before the cut, so a huge value is never rendered whole."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @dataclass

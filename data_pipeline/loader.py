@@ -8,8 +8,13 @@ budgets without ever splitting a video's queries.
 
 Failure policy: a tampered shard (sha256 mismatch) or a listed shard that is absent stops the
 run with a `DataError`/`FileNotFoundError` naming it; a corrupt sample (truncated tar, member
-with a wrong extension, JSON off-schema, bad array) is skipped and counted in
+with a wrong extension, JSON off-schema, bad array, features of another shape than the dataset's,
+a member declaring more bytes than its bound) is skipped and counted in
 `BatchStream.corrupt_samples`, and the run stops once more than `max_corrupt_samples` are seen.
+
+Memory bound: a tar member's declared size is checked before its bytes are read (a compressed shard
+cannot inflate a member past it) against `SampleLimits`: what the dataset's manifest and dataset.json
+allow for that sample, and `data.max_sample_mb` for every member.
 """
 
 from __future__ import annotations
@@ -17,24 +22,31 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import lzma
 import queue
 import random
+import tarfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from data_pipeline.batch import Batch, collate
+from data_pipeline.batch import Batch, budget_batches, collate
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
+from data_pipeline.features import NPY_HEADER_BYTES
 from data_pipeline.sample import decode_sample
-from data_pipeline.shards import read_manifest, shard_checksums
+from data_pipeline.shards import read_dataset_info, read_manifest, shard_checksums
 from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup
+
+JSON_BYTES, JSON_BYTES_PER_QUERY = 1 << 20, 1 << 16  # bound on a sample's .json: a base plus per query
 
 
 @dataclass
@@ -186,46 +198,19 @@ def iter_video_groups(
     rng: random.Random | None = None,
 ) -> Iterator[VideoGroup]:
     """Decoded video groups of `shard_urls` in order, or shuffled through a buffer when `rng` is given."""
+    limits = SampleLimits(shard_urls, int(data_cfg.max_sample_mb * 2**20))
     stages = [
         wds.SimpleShardList(list(shard_urls)),
         functools.partial(
             _open_shards, checksums=_checksums(shard_urls) if data_cfg.verify_checksums else None
         ),
-        functools.partial(tar_file_expander, handler=corrupt),
+        functools.partial(_tar_members, limits=limits, handler=corrupt),
         functools.partial(group_by_keys, handler=corrupt),
-        wds.map(decode_sample, handler=corrupt),
+        wds.map(limits.decode, handler=corrupt),
     ]
     if rng is not None and data_cfg.shuffle_buffer > 1:
         stages.append(wds.shuffle(data_cfg.shuffle_buffer, initial=data_cfg.shuffle_buffer, rng=rng))
     return iter(wds.DataPipeline(*stages))
-
-
-def budget_batches(
-    groups: Iterable[VideoGroup], max_queries: int, max_videos: int, oversized: str = "refuse"
-) -> Iterator[list[VideoGroup]]:
-    """Cut a stream of video groups into lists of at most `max_queries` queries and `max_videos` videos.
-
-    A video group is never split. One with more queries than the budget is an error naming it
-    (`oversized="refuse"`, training: the budget bounds memory) or a batch of its own (`oversized="alone"`,
-    inference: every query must get an answer).
-    """
-    if oversized not in ("refuse", "alone"):
-        raise ValueError(f"oversized={oversized!r}: expected 'refuse' or 'alone'")
-    batch: list[VideoGroup] = []
-    queries = 0
-    for group in groups:
-        if group.num_queries > max_queries and oversized == "refuse":
-            raise DataError(
-                f"video {group.video_id!r} has {group.num_queries} queries, more than "
-                f"max_queries_per_batch={max_queries}; a video group is never split, so raise the budget"
-            )
-        if batch and (queries + group.num_queries > max_queries or len(batch) >= max_videos):
-            yield batch
-            batch, queries = [], 0
-        batch.append(group)
-        queries += group.num_queries
-    if batch:
-        yield batch
 
 
 def check_batch_budget(dataset_url: str, data_cfg: DataConfig) -> None:
@@ -268,9 +253,88 @@ def _identity(item: object) -> object:
     return item
 
 
+class SampleLimits:
+    """What the samples of a prepared dataset may hold, from its `dataset.json` and manifest: features of its
+    (tokens per clip, dim), and per sample key a bound on each member's bytes (`.npy`: n_clips x tokens x dim x
+    4 + a header; `.json`: `JSON_BYTES` + `JSON_BYTES_PER_QUERY` per query). Every member is also capped at
+    `cap` bytes, which alone applies to shards outside a prepared dataset layout."""
+
+    def __init__(self, shard_urls: Sequence[str], cap: int):
+        self.cap = cap
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.members: dict[tuple[str, str], dict[str, int]] = {}
+        if not shard_urls or any("/shards/" not in url for url in shard_urls):
+            return
+        for root in sorted({_root(url) for url in shard_urls}):
+            info, manifest = read_dataset_info(root), read_manifest(root)
+            try:
+                tokens, dim = int(info["tokens_per_clip"]), int(info["feature_dim"])
+                rows = zip(*(manifest.column(c).to_pylist() for c in ("key", "n_clips", "n_queries")))
+                for key, clips, queries in rows:
+                    self.members[root, key] = {
+                        "npy": int(clips) * tokens * dim * 4 + NPY_HEADER_BYTES,
+                        "json": JSON_BYTES + int(queries) * JSON_BYTES_PER_QUERY,
+                    }
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(
+                    f"{root}: dataset.json or manifest.parquet lacks sample sizes ({exc})"
+                ) from exc
+            self.shapes[root] = (tokens, dim)
+        if len(set(self.shapes.values())) > 1:
+            raise DataError(f"the datasets disagree on (tokens per clip, feature dim): {self.shapes}")
+
+    def refusal(self, url: str, name: str, size: int) -> DataError | None:
+        """Why member `name` of shard `url`, declaring `size` bytes, must not be read; None when it may."""
+        key, ext = base_plus_ext(name)
+        bound = self.members.get((_root(url), key), {}).get(ext, self.cap)
+        if size <= min(bound, self.cap):
+            return None
+        source = "data.max_sample_mb" if bound >= self.cap else "the manifest's size of that sample"
+        return DataError(
+            f"{url} [{name}]: member declares {size} bytes, over its bound of {min(bound, self.cap)} ({source}); "
+            "not read"
+        )
+
+    def decode(self, sample: dict[str, Any]) -> VideoGroup:
+        """`decode_sample`, raising for a member refused by size, and requiring the dataset's feature shape."""
+        for value in sample.values():
+            if isinstance(value, DataError):
+                raise value
+        return decode_sample(sample, self.shapes.get(_root(str(sample.get("__url__", "")))))
+
+
+def _root(url: str) -> str:
+    return url.rsplit("/shards/", 1)[0]
+
+
+def _tar_members(
+    sources: Iterable[dict[str, Any]], limits: SampleLimits, handler: Callable[[Exception], bool]
+) -> Iterator[dict[str, Any]]:
+    """webdataset's `tar_file_expander` with every member's declared size checked before it is read.
+
+    A member over its bound travels as its `DataError` (its sample is then counted as corrupt once);
+    links and other non-regular members are skipped, never followed; `{}` ends each shard.
+    """
+    for source in sources:
+        url = source["url"]
+        try:
+            with tarfile.open(fileobj=source["stream"], mode="r|*") as tar:
+                for info in tar:
+                    if info.isreg():
+                        refused = limits.refusal(url, info.name, info.size)
+                        data = refused or tar.extractfile(info).read()
+                        yield {"fname": info.name, "data": data, "__url__": url}
+                    tar.members = []  # stream mode keeps every header otherwise
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            exc.args = (f"{url}: {exc}",)
+            if not handler(exc):
+                return
+        yield {}
+
+
 def _checksums(shard_urls: Sequence[str]) -> dict[str, str]:
     """Expected sha256 of each shard, from the `shards.parquet` of the dataset holding it."""
-    roots = {url.rsplit("/shards/", 1)[0] for url in shard_urls}
+    roots = {_root(url) for url in shard_urls}
     if any("/shards/" not in url for url in shard_urls):
         raise DataError(
             "checksums need shard URLs inside a prepared dataset (<root>/shards/shard-NNNNNN.tar)"

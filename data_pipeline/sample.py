@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data_pipeline.errors import DataError
 from data_pipeline.features import check_features, load_npy
+from data_pipeline.ranges import check_duration, check_moment
 from data_pipeline.types import QueryAnnotation, VideoGroup
 
 SAMPLE_FORMAT = "mktn-video-v1"
@@ -69,10 +69,11 @@ def encode_sample(group: VideoGroup, key: str) -> dict[str, Any]:
     return {"__key__": key, "npy": buf.getvalue(), "json": json.dumps(doc, allow_nan=False).encode("utf-8")}
 
 
-def decode_sample(sample: dict[str, Any]) -> VideoGroup:
+def decode_sample(sample: dict[str, Any], feature_shape: tuple[int, int] | None = None) -> VideoGroup:
     """A `VideoGroup` from a raw WebDataset sample (`__key__`, `__url__`, `npy`, `json` bytes).
 
-    Raises `DataError` naming the shard and key for any deviation from the schema.
+    Raises `DataError` naming the shard and key for any deviation from the schema, and for features other
+    than `feature_shape` (tokens per clip, dim: the dataset's) when given; times are checked in float32.
     """
     key, url = sample.get("__key__"), sample.get("__url__", "<shard>")
     where = f"{url} [{key}]"
@@ -87,13 +88,17 @@ def decode_sample(sample: dict[str, Any]) -> VideoGroup:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
         raise DataError(f"{where}: JSON does not match the sample schema ({problems})") from exc
     features = check_features(load_npy(sample["npy"], f"{where}.npy"), f"{where}.npy")
-    if not (math.isfinite(doc.duration) and doc.duration > 0) or not doc.queries:
-        raise DataError(f"{where}: expected a finite duration > 0 and at least one query")
+    shape = (1 if features.ndim == 2 else features.shape[1], features.shape[-1])
+    if feature_shape is not None and shape != tuple(feature_shape):
+        raise DataError(
+            f"{where}: video {doc.video_id!r} has features of {shape[0]} tokens x {shape[1]} dims per clip; "
+            f"its dataset's are {feature_shape[0]} x {feature_shape[1]} (dataset.json)"
+        )
+    check_duration(doc.duration, where)
+    if not doc.queries:
+        raise DataError(f"{where}: expected at least one query")
     for q in doc.queries:
-        if not (math.isfinite(q.start) and math.isfinite(q.end) and 0 <= q.start < q.end <= doc.duration):
-            raise DataError(
-                f"{where}: query {q.query_id!r} times ({q.start}, {q.end}) outside 0 <= start < end <= duration"
-            )
+        check_moment(q.start, q.end, doc.duration, f"{where} query {q.query_id!r}")
     return VideoGroup(
         video_id=doc.video_id,
         duration=doc.duration,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import StrictConfig
+from strict_config import StrictConfig
 
 
 class CSMConfig(StrictConfig):

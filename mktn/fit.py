@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from data_pipeline.batch import collate
-from data_pipeline.loader import budget_batches
+from data_pipeline.batch import budget_batches, collate
 from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup
 from mktn.metrics import grounding_metrics

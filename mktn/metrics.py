@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 RANKS = (1, 5)
+# The names `grounding_metrics` returns, in table order: R1@0.3 ... R5@0.7, then mIoU.
+METRIC_KEYS = tuple(f"R{n}@{m}" for n in RANKS for m in THRESHOLDS) + ("mIoU",)
 
 
 def temporal_iou(pred: tuple[float, float], gt: tuple[float, float]) -> float:

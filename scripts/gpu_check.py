@@ -1,12 +1,14 @@
-"""GPU check: DeepSpeed on one GPU runs one MKTN training step and writes (and reloads) one checkpoint.
+"""GPU check: DeepSpeed on one GPU runs one MKTN training step, writes and reloads one checkpoint, and exports it.
 
     python scripts/gpu_check.py                                   # configs/gpu.yaml: bf16, ZeRO-2, fused Adam
     python scripts/gpu_check.py --config configs/large_zero3_offload.yaml   # ZeRO-3 + CPU optimizer offload
     python scripts/gpu_check.py model.d_model=512 --out /tmp/gpu-check      # overrides; keep the checkpoint
 
-The same pieces as a training worker (the job config, `deepspeed_config`, `build_model`, the batch collate,
-`cluster.checkpoint.save`/`load`) on a tiny synthetic batch, so a GPU node's setup (driver, CUDA torch,
-DeepSpeed's op builds, bf16) is proven in a minute before a cluster job is launched on it. Where
+The same pieces as a training worker (the job config, `deepspeed_config`, `build_model`, the engine of
+`cluster.train.engine.build_engine`, the batch collate, `cluster.train.checkpoint.save`/`load`) and the
+export that follows training (`cluster.train.export.model_from_checkpoint`: the consolidated weights must
+load strictly into a fresh model), on a tiny synthetic batch, so a GPU node's setup (driver, CUDA torch,
+DeepSpeed's op builds, bf16, ZeRO-3) is proven in a minute before a cluster job is launched on it. Where
 `torch.cuda` is unavailable it prints "skipped: no GPU" and exits 0; `--cpu` runs the same check on CPU
 (fp32, gloo) to test the script itself.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -58,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(config: str, overrides: list[str], out: str) -> int:
-    """One training step and one checkpoint save + load of the job `config` on this process's device."""
-    import deepspeed
+    """One training step, one checkpoint save + load and its export, of the job `config` on this process's device."""
     import torch
 
-    from cluster import checkpoint
-    from cluster.config import load_config
-    from cluster.deepspeed_config import deepspeed_config
+    from cluster.job.config import load_config
+    from cluster.train import checkpoint
+    from cluster.train.deepspeed_config import deepspeed_config
+    from cluster.train.engine import EngineModel, build_engine
+    from cluster.train.export import model_from_checkpoint
     from data_pipeline.batch import collate
     from data_pipeline.synthetic import generate
     from data_pipeline.text import Vocab
@@ -78,21 +80,17 @@ def check(config: str, overrides: list[str], out: str) -> int:
     features = {"feature_dim": 64, "tokens_per_clip": 5, "dataset": "synthetic"}
     model = build_model(
         job.model, vocab, features["feature_dim"], features["tokens_per_clip"], job.data.max_clips
-    )
+    ).to(device)
     params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     ds_config = deepspeed_config(job, world_size=1, optimizer_steps=10)
-    engine, *_ = deepspeed.initialize(
-        model=model.to(device),
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config,
-    )
+    engine = build_engine(model, ds_config)
     print(
         f"device: {_device_name(device)}; model: {params / 1e6:.1f} M parameters; ZeRO-{job.deepspeed.zero_stage}, "
         f"bf16={ds_config['bf16']['enabled']}, offload_optimizer={job.deepspeed.offload_optimizer}"
     )
 
     started = time.perf_counter()
-    output = engine(batch, progress=0.0)
+    output = EngineModel.output(engine(batch, progress=0.0))
     loss = output.losses["total"]
     engine.backward(loss)
     engine.step()
@@ -112,17 +110,19 @@ def check(config: str, overrides: list[str], out: str) -> int:
 
     started = time.perf_counter()
     state = checkpoint.TrainState(global_step=1, world_size=1, zero_stage=job.deepspeed.zero_stage)
-    files = {
-        "job.json": job.model_dump(mode="json"),
-        "text_state.json": engine.module.text_state(),
-        "features.json": features | {"max_clips": job.data.max_clips},
-    }
-    checkpoint.save(engine, out, state, rank=0, files=files)
+    checkpoint.save(engine, out, state, rank=0, files=checkpoint.model_files(job, model, features))
     restored = checkpoint.load(engine, out)
     size_mb = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20
     print(
         f"checkpoint: {size_mb:.1f} MB written to {out} and loaded back (global step {restored.global_step}) "
         f"in {time.perf_counter() - started:.2f} s"
+    )
+    started = time.perf_counter()
+    exported = model_from_checkpoint(out)  # strict: every consolidated tensor must fit the model by name
+    print(
+        f"export: {len(exported.state_dict())} tensors, "
+        f"{sum(p.numel() for p in exported.parameters()) / 1e6:.1f} M parameters, in "
+        f"{time.perf_counter() - started:.2f} s"
     )
     print("ok")
     return 0
@@ -130,12 +130,11 @@ def check(config: str, overrides: list[str], out: str) -> int:
 
 def _single_process_group_env() -> None:
     """A one-rank process group on this machine (what Ray Train sets up for a real worker)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from cluster.job.network import free_port
+
     for key, value in {
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
+        "MASTER_PORT": str(free_port()),
         "RANK": "0",
         "LOCAL_RANK": "0",
         "WORLD_SIZE": "1",

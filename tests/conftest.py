@@ -30,3 +30,23 @@ def write_npy_features(
     for vid in video_ids:
         shape = (int(rng.integers(8, 25)), tokens, dim) if tokens else (int(rng.integers(8, 25)), dim)
         np.save(directory / f"{vid}.npy", rng.standard_normal(shape).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The tiny prepared synthetic dataset (48 training, 16 validation videos in ~20 shards) the training
+    tests share: (train URL, val URL). Read only."""
+    from tests.train_jobs import tiny_dataset
+
+    return tiny_dataset(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """The one real multi-worker training run of the default suite, shared by every test that needs a trained
+    run: `mktn train` on 2 Ray workers under DeepSpeed ZeRO-3, tracked in MLflow (SQLite), through a corrupt
+    sample, a killed worker, a killed driver and `--resume` (`tests.train_jobs.train_through_faults`). Tests
+    read it; those that add to it (an eval logged into its MLflow run) add only their own keys."""
+    from tests.train_jobs import train_through_faults
+
+    return train_through_faults(tmp_path_factory.mktemp("trained-run"), tiny_data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,13 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.job.network import free_port
 from tests.train_jobs import wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MlflowServer:
@@ -28,7 +22,7 @@ class MlflowServer:
     (default `root/artifacts`; an `s3://` URL works with the AWS variables in the environment)."""
 
     def __init__(self, root: Path, artifacts: str | None = None):
-        self.root, self.port = root, _free_port()
+        self.root, self.port = root, free_port()
         self.artifacts = artifacts or str(root / "artifacts")
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None

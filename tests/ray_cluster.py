@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,16 @@ from pathlib import Path
 
 import psutil
 
+from cluster.job.network import free_port
+
 NODE_IP = "127.0.0.2"  # a loopback address Ray keeps as is (it rewrites 127.0.0.1 to the host's address)
 _MARKER = "MKTN_TEST_RAY_NODE"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (Ray's worker ports live in 10002-19999; these do not)."""
-    with socket.socket() as sock:
-        sock.bind((NODE_IP, 0))
-        return sock.getsockname()[1]
+def node_port() -> int:
+    """A TCP port nobody listens on right now on the node address (Ray's worker ports live in 10002-19999;
+    these do not)."""
+    return free_port(NODE_IP)
 
 
 @dataclass
@@ -43,8 +43,8 @@ class LocalRayCluster:
     root: Path
     env: dict[str, str]
     cluster_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    gcs_port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
+    gcs_port: int = field(default_factory=node_port)
+    dashboard_port: int = field(default_factory=node_port)
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # the `ray start --block` processes
     killed: set[str] = field(default_factory=set)
     # Each node's Ray temp folder (session, sockets, runtime envs) is `<temp_dir>/<node>`, as on separate
@@ -126,8 +126,8 @@ class LocalRayCluster:
                 f"--node-ip-address={NODE_IP}",
                 f"--num-cpus={num_cpus}",
                 f'--resources={{"{name}": 1}}',
-                f"--dashboard-agent-listen-port={free_port()}",
-                f"--metrics-export-port={free_port()}",
+                f"--dashboard-agent-listen-port={node_port()}",
+                f"--metrics-export-port={node_port()}",
                 "--disable-usage-stats",
                 f"--temp-dir={os.path.join(self.temp_dir, name)}",
                 *args,

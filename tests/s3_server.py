@@ -9,7 +9,6 @@ variables at it, creates a fresh bucket and returns its URL, `s3://mktn-<random>
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cluster.job.network import free_port
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,6 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_ready(endpoint: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
@@ -67,7 +62,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if exe is None:
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

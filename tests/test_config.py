@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.config import ConfigError, JobConfig, load_config
+from cluster.job.config import ConfigError, JobConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

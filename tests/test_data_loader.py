@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipeline.batch import budget_batches
 from data_pipeline.build import BuildOptions
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
-from data_pipeline.loader import Prefetch, budget_batches, check_batch_budget, iter_batches
+from data_pipeline.loader import Prefetch, check_batch_budget, iter_batches
 from data_pipeline.prepare import prepare_annotations
 from data_pipeline.sample import encode_sample
 from data_pipeline.shards import read_manifest, shard_urls, write_dataset
@@ -292,7 +293,7 @@ def _good(key: str = "vid") -> dict:
         ),
         (
             lambda g: [("vid.npy", g["npy"]), ("vid.json", g["json"].replace(b'"start": ', b'"start": -'))],
-            r"outside 0 <= start < end",
+            r"must satisfy 0 <= start < end <= duration .* in float32",
         ),
         (
             lambda g: [("vid.npy", pickle.dumps(_Boom())), ("vid.json", g["json"])],

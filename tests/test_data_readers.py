@@ -143,7 +143,7 @@ def test_generic_jsonl(tmp_path: Path) -> None:
         (
             "tacos",
             '{"v.avi": {"fps": 0, "num_frames": 9, "timestamps": [[1, 2]], "sentences": ["a"]}}',
-            r"fps must be > 0",
+            r"ann\.txt:v\.avi: fps 0.0 per second is outside the accepted range \[0.001, 10000\]",
         ),
     ],
 )

@@ -44,7 +44,10 @@ def _build(tmp_path: Path, rows: list[dict], on_error: str = "raise", **options)
         ({"start": 30.0, "end": 31.0}, r"ann\.jsonl:2: start 30.0 is not before the video duration"),
         ({"sentence": "   "}, r"ann\.jsonl:2: empty sentence"),
         ({"duration": 40.0}, r"ann\.jsonl:2: duration 40.0 disagrees with 30.0 at .*ann\.jsonl:1"),
-        ({"duration": -3.0}, r"duration must be > 0"),
+        (
+            {"duration": -3.0},
+            r"ann\.jsonl:1: duration -3.0 seconds is outside the accepted range \[0.001, 1e\+06\]",
+        ),
         ({}, r"ann\.jsonl:2: duplicate of .*ann\.jsonl:1 \(same video, times and sentence\)"),
     ],
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.engine_model import EngineModel, unwrapped_state_dict
+from cluster.train.engine import EngineModel, unwrapped_state_dict
 from tests.model_support import batch_of, model_for, small_config, tiny_groups
 
 

@@ -11,9 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cluster.cli import main
-from cluster.config import load_config
-from cluster.run_folder import RunFolder
-from cluster.tracking import default_tracking_uri
+from cluster.job.config import load_config
+from cluster.job.run_folder import RunFolder
+from cluster.tracking.store import default_tracking_uri
 from data_pipeline.prepare import prepare_synthetic
 from data_pipeline.synthetic import generate
 from data_pipeline.text import Vocab

@@ -13,9 +13,9 @@ import ray
 import yaml
 
 from cluster.cli import build_parser
-from cluster.config import JobConfig, load_config
-from cluster.deepspeed_config import deepspeed_config
-from cluster.storage import is_local
+from cluster.job.config import JobConfig, load_config
+from cluster.job.storage import is_local
+from cluster.train.deepspeed_config import deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "cluster" / "launch"

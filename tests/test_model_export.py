@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mktn import Predictor
 from mktn.export import load_model, save_model
-from mktn.predict import predict
 from tests.model_support import batch_of, model_for, small_config, tiny_groups
 
 
@@ -30,8 +30,8 @@ def test_save_load_round_trip_predicts_the_same(tmp_path: Path, backbone: str) -
         torch.testing.assert_close(loaded(batch).log_scores, model(batch).log_scores)
     g = groups[0]
     sentences = [q.sentence for q in g.queries]
-    assert predict(loaded, g.features, g.duration, sentences) == predict(
-        model, g.features, g.duration, sentences
+    assert Predictor(loaded).predict(g.features, sentences, g.duration) == Predictor(model).predict(
+        g.features, sentences, g.duration
     )
     assert loaded.text_state()["sentence_encoder"] == {"name": "learned-bigru"}
 
@@ -50,12 +50,12 @@ def test_predict_rejects_bad_inputs() -> None:
     groups = tiny_groups(1)
     model = model_for(groups, small_config())
     g = groups[0]
-    with pytest.raises(ValueError, match="empty at positions \\[1\\]"):
-        predict(model, g.features, g.duration, ["a person opens the door", "  "])
+    with pytest.raises(ValueError, match="positions \\[1\\]: 'sentence' is empty"):
+        Predictor(model).predict(g.features, ["a person opens the door", "  "], g.duration)
     with pytest.raises(ValueError, match="duration"):
-        predict(model, g.features, 0.0, ["x"])
-    with pytest.raises(ValueError, match="tokens/clip of dim"):
-        predict(model, g.features[..., :4], g.duration, ["a person opens the door"])
+        Predictor(model).predict(g.features, ["x"], 0.0)
+    with pytest.raises(ValueError, match="feature dim 4, expected"):
+        Predictor(model).predict(g.features[..., :4], ["a person opens the door"], g.duration)
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:

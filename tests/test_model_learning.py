@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.ablations import CONFIG, EPOCHS, learning_run, synthetic_data
-from cluster.config import load_config
+from cluster.job.config import load_config
 
 
 @pytest.fixture

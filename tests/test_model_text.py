@@ -13,10 +13,10 @@ import torch
 from pydantic import ValidationError
 
 from data_pipeline.text import Vocab
+from mktn import Predictor
 from mktn.config import ModelConfig
 from mktn.export import load_model, save_model
 from mktn.model import build_model
-from mktn.predict import predict
 from tests.model_support import FEATURE_DIM, batch_of, small_config, tiny_groups
 
 
@@ -108,8 +108,8 @@ def test_minilm_sentence_encoder_is_frozen_identified_and_reloaded(tmp_path: Pat
     loaded = load_model(str(tmp_path / "m"))
     g = groups[0]
     sentences = [q.sentence for q in g.queries]
-    assert predict(loaded, g.features, g.duration, sentences) == predict(
-        model, g.features, g.duration, sentences
+    assert Predictor(loaded).predict(g.features, sentences, g.duration) == Predictor(model).predict(
+        g.features, sentences, g.duration
     )
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["text"]["sentence_encoder"]["version"] = "0.0.0-other"

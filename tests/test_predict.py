@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from cluster.cli import main
-from cluster.predict import Budget, Limits, Predictor, Query, RowError, read_queries
+from cluster.serve.predictor import Predictor
+from cluster.serve.queries import Limits, Query, RowError, read_queries
+from data_pipeline.config import DataConfig
 from data_pipeline.features import open_features
 from data_pipeline.text import Vocab
 from mktn.config import ModelConfig
@@ -76,9 +78,9 @@ def test_each_video_is_encoded_once_and_batches_keep_the_budget(charades: dict) 
     encoded: list[int] = []
     hook = model.video_encoder.register_forward_hook(lambda _m, args, _out: encoded.append(args[0].shape[0]))
     try:
-        result = Predictor(model, budget=Budget(max_queries=12, max_videos=4)).predict(
-            queries_of(rows), store.load, 3
-        )
+        result = Predictor(
+            model, DataConfig(max_queries_per_batch=12, max_videos_per_batch=4)
+        ).predict_queries(queries_of(rows), store.load, 3)
     finally:
         hook.remove()
     assert result.errors == []
@@ -117,14 +119,14 @@ def test_bad_rows_are_reported_by_line_and_good_rows_keep_their_results(
     path = write_jsonl(tmp_path / "queries.jsonl", lines)
     queries, errors = read_queries(str(path))
     store = open_features(str(charades["root"] / "features"))
-    result = Predictor(charades["model"]).predict(queries, store.load, 5, errors)
+    result = Predictor(charades["model"]).predict_queries(queries, store.load, 5, errors)
 
     by_line = {e.row: e.message for e in result.errors}
     for line_no, (line, expected) in enumerate(bad.items(), start=6):
         assert expected in by_line[line_no], (line, by_line.get(line_no))
     assert len(result.errors) == len(bad)
     assert sorted(result.moments) == [1, 2, 3, 4, 5, 16, 17, 18, 19, 20]  # line 15 is blank
-    alone = Predictor(charades["model"]).predict(queries_of(rows), store.load, 5)
+    alone = Predictor(charades["model"]).predict_queries(queries_of(rows), store.load, 5)
     assert [result.moments[r] for r in (1, 2, 3, 4, 5, 16, 17, 18, 19, 20)] == list(alone.moments.values())
 
 
@@ -147,7 +149,7 @@ def test_features_that_do_not_fit_the_model_fail_only_their_video(charades: dict
     }
     feats |= {name: array for name, (array, _) in broken.items()}
     extra = [{**rows[0], "video_id": name, "query_id": name} for name in broken]
-    result = Predictor(charades["model"], limits=Limits(max_clips_per_video=400)).predict(
+    result = Predictor(charades["model"], limits=Limits(max_clips_per_video=400)).predict_queries(
         queries_of(rows + extra), feats.__getitem__, 2
     )
     messages = {e.row: e.message for e in result.errors}
@@ -166,7 +168,7 @@ def test_a_video_over_the_query_limit_is_refused_naming_it(shared_data: Path) ->
     vocab = Vocab.build(r["sentence"] for r in rows)
     model = build_model(ModelConfig(d_model=16, num_heads=2), vocab, DIM, 1, max_clips=16)
     feats = {v: np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32) for v in counts}
-    result = Predictor(model, limits=Limits(max_queries_per_video=30)).predict(
+    result = Predictor(model, limits=Limits(max_queries_per_video=30)).predict_queries(
         queries_of(rows), feats.__getitem__
     )
     refused = {e.row for e in result.errors}

@@ -15,7 +15,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cluster.cli import main
-from cluster.registry import register, using_tracking_uri
+from cluster.serve.registry import register
+from cluster.tracking.store import using_tracking_uri
 from data_pipeline.text import Vocab
 from mktn.config import ModelConfig
 from mktn.export import save_model
@@ -149,17 +150,20 @@ def test_the_config_tag_is_the_training_runs_config_on_every_version(
 ) -> None:
     """MLflow logs a pyfunc's model_config into the run it is logged in as params; a second version registered
     from the same training run must still carry exactly the job's config, not those extra params."""
-    from cluster import registry, tracking
-    from cluster.config import load_config
-    from cluster.model_source import ModelSource
+    from cluster.job.config import load_config
+    from cluster.serve import registry
+    from cluster.serve.model_source import ModelSource
+    from cluster.tracking.runs import open_run
     from data_pipeline.config import DataConfig
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = load_config(None, ["data.train=/d/train", "data.val=/d/val"])
-    run_id = tracking.open_run(MlflowClient(uri), job, str(tmp_path), {}, patience_s=5)
+    run_id = open_run(
+        MlflowClient(uri), "mktn", tags={}, params=job.flat(), output=str(tmp_path), patience_s=5
+    )
     found = ModelSource(registered["model"], uri, run_id, DataConfig(max_words=7))
     monkeypatch.setattr(
-        registry, "open_model", lambda source: found
+        registry, "open_model", lambda source, tracking_uri=None: found
     )  # a run folder of that run, without training
     versions = [registry.register("folder", "mktn-run", "champion") for _ in range(2)]
     assert {"max_words", "max_queries_per_batch"} <= set(MlflowClient(uri).get_run(run_id).data.params)

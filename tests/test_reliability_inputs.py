@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import io
 import json
+import re
+import tracemalloc
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -19,9 +22,12 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
+from cluster.cli import main
+from data_pipeline.build import BuildOptions, build_video_groups
 from data_pipeline.errors import DataError, ErrorLog
-from data_pipeline.features import HDF5File, check_features, load_npy
+from data_pipeline.features import HDF5File, NpyDirectory, check_features, load_npy
 from data_pipeline.readers import read_annotations, read_charades_durations
+from data_pipeline.readers.common import read_rows
 from data_pipeline.shards import OUTPUTS, read_dataset_info, write_dataset
 from data_pipeline.synthetic import generate
 
@@ -87,6 +93,142 @@ def test_video_entry_with_non_list_sentences_is_skipped_and_counted(tmp_path: Pa
     records, log = _read("activitynet", path, on_error="skip")
     assert [r.video_id for r in records] == ["ok"] and log.skipped_queries == 1
     assert "anet.json:bad" in log.skipped[0]
+
+
+# ---- numbers that are finite in float64 but not in float32 (issue 17) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"duration": 1e308},
+            r"ann:1: duration 1e\+308 seconds is outside the accepted range \[0.001, 1e\+06\]",
+        ),
+        ({"duration": 1e-300}, r"ann:1: duration 1e-300 seconds is outside the accepted range"),
+        ({"duration": 3e6, "end": 2e6}, r"ann:1: duration 3000000.0 seconds is outside the accepted range"),
+        ({"start": 1.0, "end": 1.00000001}, r"ann:1: times \(1.0, 1.00000001\) must satisfy .* in float32"),
+    ],
+)
+def test_times_and_durations_are_judged_in_float32(tmp_path: Path, change: dict, message: str) -> None:
+    """1e308 s passed every check, became inf in the float32 batch, and one step later every weight was NaN."""
+    path = tmp_path / "ann"
+    path.write_text(
+        json.dumps({**GENERIC, **change}) + "\n" + json.dumps({**GENERIC, "video_id": "v2"}) + "\n"
+    )
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for video in ("v1", "v2"):
+        np.save(feats / f"{video}.npy", np.ones((8, 4), np.float32))
+    with pytest.raises(DataError, match=message):
+        _build(path, feats, "raise")
+    groups, log = _build(path, feats, "skip")
+    assert [g.video_id for g in groups] == ["v2"] and log.skipped_queries == 1
+    assert re.search(message, log.skipped[0])
+
+
+def _build(path: Path, feats: Path, on_error: str) -> tuple[list, ErrorLog]:
+    records, log = _read("generic", path, on_error)
+    return list(build_video_groups(records, NpyDirectory(str(feats)), BuildOptions("generic"), log)), log
+
+
+@pytest.mark.parametrize("fps", ["0", "nan", "1e-300", "inf", "-2"])
+def test_feature_fps_out_of_range_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fps: str
+) -> None:
+    """`--feature-fps 0` was a ZeroDivisionError traceback, `nan` a JSON error naming no file."""
+    ann = tmp_path / "ann.txt"
+    ann.write_text("v1 1.0 2.0##a dog runs\n")
+    (tmp_path / "feats").mkdir()
+    np.save(tmp_path / "feats" / "v1.npy", np.ones((8, 4), np.float32))
+    args = ["prepare", "charades-sta", "--annotations", str(ann), "--features", str(tmp_path / "feats")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--feature-fps", fps, "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"--feature-fps: feature fps {float(fps)} per second is outside the accepted range" in line
+
+
+def test_tacos_fps_vanishing_in_float32_is_skipped_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TACoS fps 1e-300 made durations of 1e302 s and a JSON error that aborted even under --on-error skip."""
+    ann = tmp_path / "tacos.json"
+    entry = {"num_frames": 900, "timestamps": [[30, 90]], "sentences": ["a man cuts a leek"]}
+    ann.write_text(json.dumps({"s1.avi": {**entry, "fps": 1e-300}, "s2.avi": {**entry, "fps": 29.4}}))
+    (tmp_path / "feats").mkdir()
+    for video in ("s1", "s2"):
+        np.save(tmp_path / "feats" / f"{video}.npy", np.ones((8, 4), np.float32))
+    args = [
+        "prepare",
+        "tacos",
+        "--annotations",
+        str(ann),
+        "--features",
+        str(tmp_path / "feats"),
+        "--no-progress",
+    ]
+    assert main([*args, "--out", str(tmp_path / "out"), "--on-error", "skip"]) == 0
+    info = read_dataset_info(str(tmp_path / "out"))
+    assert info["counts"]["videos"] == 1 and info["validation"]["skipped_queries"] == 1
+    assert (
+        "tacos.json:s1.avi: fps 1e-300 per second is outside the accepted range"
+        in info["validation"]["skipped"][0]
+    )
+
+
+# ---- line-based files are streamed, with bounded lines and errors (issue 17) ----------------------------
+
+
+def _peak(fn: Callable[[], object]) -> tuple[object, int]:
+    """`fn()` and the peak of Python/numpy memory it allocated."""
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_query_rows_are_streamed_and_their_errors_bounded(tmp_path: Path) -> None:
+    """A 1M-line query file of refusals reached 1.55 GB RSS: the reader now holds one line at a time, stops
+    after `max_errors` bad lines, and never holds a line over `max_line_bytes`."""
+    from cluster.serve.queries import Limits, parse_query
+
+    def parse(obj: object, line: int) -> object:
+        return parse_query(obj, line, Limits())
+
+    bad = tmp_path / "bad.jsonl"
+    with bad.open("w") as f:
+        f.writelines(
+            json.dumps({"video_id": f"v{i}", "sentence": "", "duration": 3}) + "\n" for i in range(200_000)
+        )
+    with pytest.raises(
+        DataError,
+        match=r"bad\.jsonl: more than max_errors=1000 bad lines, stopped at line 1001 "
+        r"\(first: .*bad\.jsonl:1: 'sentence' is empty\)",
+    ):
+        read_rows(str(bad), parse)
+    mixed = tmp_path / "mixed.jsonl"
+    good = {"video_id": "v1", "sentence": "a dog runs", "duration": 3}
+    mixed.write_bytes(
+        b'{"sentence": "' + b"x" * 8_000_000 + b'"}\n[1, 2]\n\n\xff\n' + json.dumps(good).encode() + b"\n"
+    )
+    (rows, errors), peak = _peak(lambda: read_rows(str(mixed), parse))
+    assert [(q.row, q.video_id) for q in rows] == [(5, "v1")]
+    assert [(e.line, e.reason) for e in errors] == [
+        (1, "line is longer than the limit max_line_bytes=1048576"),
+        (2, "expected a JSON object, got list"),
+        (4, "not valid UTF-8 (byte 0 of the line)"),
+    ]
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB for an 8 MB line"
+
+
+def test_annotation_lines_are_streamed_with_a_line_bound(tmp_path: Path) -> None:
+    path = tmp_path / "ann"
+    path.write_text(json.dumps({**GENERIC, "sentence": "x" * 8_000_000}) + "\n" + json.dumps(GENERIC) + "\n")
+    with pytest.raises(DataError, match=r"ann:1: line is longer than the limit max_line_bytes=1048576"):
+        _read("generic", path)
+    (records, log), peak = _peak(lambda: _read("generic", path, "skip"))
+    assert [r.where for r in records] == [f"{path}:2"] and log.skipped_queries == 1
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB for an 8 MB line"
 
 
 @pytest.mark.parametrize(
@@ -173,7 +315,9 @@ def test_hdf5_oddities_are_refused_and_never_read_other_files(tmp_path: Path) ->
             check_features(store.load("text"), "text")
         with pytest.raises(DataError, match=r"feats\.h5: HDF5 key 'virtual' is a virtual dataset"):
             store.load("virtual")
-        with pytest.raises(DataError, match=r"feats\.h5: HDF5 key 'link' missing"):
+        with pytest.raises(
+            DataError, match=r"feats\.h5: HDF5 key 'link' is an external link to .*outside\.h5:data; refused"
+        ):
             store.load("link")
     finally:
         store.close()
@@ -329,7 +473,7 @@ def test_bad_dataset_json_is_named(tmp_path: Path, content: bytes) -> None:
 def test_config_beyond_the_parser_limits_is_named(
     tmp_path: Path, content: bytes, override: str | None
 ) -> None:
-    from cluster.config import ConfigError, load_config
+    from cluster.job.config import ConfigError, load_config
 
     (tmp_path / "job.yaml").write_bytes(content)
     with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML"):
@@ -337,3 +481,62 @@ def test_config_beyond_the_parser_limits_is_named(
     if override is not None:
         with pytest.raises(ConfigError, match=r"override 'train\.lr=.*': value is not valid YAML"):
             load_config(None, [f"train.lr={override}"])
+
+
+def test_yaml_alias_bomb_is_one_short_line(tmp_path: Path) -> None:
+    """A 395-byte file of 7 alias levels (x9 each: 4.8 M values) made a 35 MB error line; a value containing
+    itself, and the same bomb as an override, are refused the same way."""
+    from cluster.job.config import ConfigError, load_config
+
+    levels = ['&a ["x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdef", "bcdefg"):
+        levels.append(f"&{name} [{','.join([f'*{prev}'] * 9)}]")
+    (tmp_path / "bomb.yaml").write_text(
+        "".join(f"{name}: {level}\n" for name, level in zip("abcdefg", levels)) + "train: {lr: *g}\n"
+    )
+    assert (tmp_path / "bomb.yaml").stat().st_size < 400
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "bomb.yaml"))
+    assert "aliases expand the document past 100000 values" in str(info.value)
+    assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+    (tmp_path / "loop.yaml").write_text("train: &t {lr: *t}\n")
+    with pytest.raises(
+        ConfigError, match=r"loop\.yaml: not valid YAML \(a value contains itself through an alias"
+    ):
+        load_config(str(tmp_path / "loop.yaml"))
+    with pytest.raises(
+        ConfigError, match=r"override 'train\.lr=.*': value is not valid YAML \(aliases expand"
+    ):
+        load_config(None, [f"train.lr=[{', '.join(levels)}]"])
+
+
+def test_config_error_quotes_a_value_in_a_few_characters(tmp_path: Path) -> None:
+    from cluster.job.config import ConfigError, load_config
+
+    (tmp_path / "job.yaml").write_text("train:\n  lr: [" + ", ".join(["12345"] * 20_000) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "job.yaml"))
+    (line,) = [ln for ln in str(info.value).splitlines() if "'train.lr'" in ln]
+    assert (
+        line.startswith("  'train.lr': Input should be a valid number (got [12345, 12345,")
+        and len(line) < 160
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=.inf", r"'train\.lr': Input should be a finite number"),
+        ("model.avm.phi_init=.nan", r"'model\.avm\.phi_init': Input should be a finite number"),
+        ("train.lr=1.0e+300", r"'train\.lr': Value error, must be finite in float32"),
+        ("train.weight_decay=.inf", r"'train\.weight_decay': Input should be a finite number"),
+        ("train.seed=100000000000000000000000", r"'train\.seed': Input should be less than 4294967296"),
+        ("train.seed=-1", r"'train\.seed': Input should be greater than or equal to 0"),
+    ],
+)
+def test_config_numbers_must_be_finite_in_float32_and_seeds_in_range(override: str, message: str) -> None:
+    """`train.lr=.inf` and `model.avm.phi_init=.nan` were accepted; `train.seed=1e23` overflowed in the workers."""
+    from cluster.job.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -8,21 +8,30 @@ the code path unpickled it, the marker file would exist afterwards.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 import shutil
+import socket
 import tarfile
+import tracemalloc
+import uuid
 from pathlib import Path
 
+import fsspec
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from fsspec.implementations.memory import MemoryFileSystem
 
-from cluster.config import ConfigError, load_config
+from cluster.cli import main
+from cluster.job.config import ConfigError, load_config
 from data_pipeline.build import BuildOptions
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
@@ -120,6 +129,141 @@ def test_hdf5_feature_holding_a_pickle_is_refused(tmp_path: Path, marker: Path) 
             check_features(store.load("bytes"), "bytes")
     finally:
         store.close()
+
+
+# ---- features whose bytes live elsewhere (issue 17) -------------------------------------------------
+
+
+def _generic(path: Path, videos: list[str]) -> str:
+    rows = [{"video_id": v, "duration": 9, "start": 1, "end": 2, "sentence": "a dog runs"} for v in videos]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_hdf5_external_storage_never_reaches_a_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dataset stored in another file (`external=[("/proc/self/environ", 0, n)]`) passed `mktn prepare`, and
+    the other file's bytes (the environment, a token in it) went into the shards. Now it is refused naming the
+    key and the file; under --on-error skip the video is dropped and counted, and no shard holds the bytes."""
+    secret = tmp_path / "environ"
+    secret.write_bytes(b"TOKEN=s3cr3t;" * 10 + b"\0" * 2)  # 132 bytes: enough for a (4, 8) float32 array
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v1", shape=(4, 8), dtype="f4", external=[(str(secret), 0, 128)])
+        f.create_dataset("env", shape=(16,), dtype="u1", external=[("/proc/self/environ", 0, 16)])
+        f["v2"] = np.ones((4, 8), np.float32)
+    store = HDF5File(str(path))
+    try:
+        with pytest.raises(
+            DataError, match=r"HDF5 key 'env' is stored in other files \['/proc/self/environ'\]"
+        ):
+            store.load("env")
+    finally:
+        store.close()
+    args = ["prepare", "generic", "--annotations", _generic(tmp_path / "ann.jsonl", ["v1", "v2"])]
+    args += ["--features", str(path), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(
+        f"{path}: HDF5 key 'v1' is stored in other files ['{secret}'] (external storage); refused"
+    )
+    assert main([*args, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    info = read_dataset_info(str(tmp_path / "b"))
+    assert info["counts"]["videos"] == 1 and "external storage" in info["validation"]["skipped"][0]
+    assert not any(b"s3cr3t" in p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file())
+
+
+def test_hdf5_declaring_petabytes_is_refused_before_reading(tmp_path: Path) -> None:
+    """A 2 KB file whose dataset declares (10**12, 1024) float32: a MemoryError traceback before; now the
+    declared size is checked against the per-video bound (1 GiB by default, `max_bytes`) first."""
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("huge", shape=(10**12, 1024), dtype="f4", chunks=(1024, 1024))
+        f["small"] = np.ones((64, 16), np.float32)  # 4 KiB
+    assert path.stat().st_size < 10_000
+    store = HDF5File(str(path))
+    try:
+        with pytest.raises(
+            DataError,
+            match=r"feats\.h5: HDF5 key 'huge' declares shape \(1000000000000, 1024\) float32, 4096000000000000 "
+            r"bytes: over the limit of 1073741824 bytes per video",
+        ):
+            store.load("huge")
+        assert store.load("small").shape == (64, 16)
+    finally:
+        store.close()
+    small = HDF5File(str(path), max_bytes=1024)
+    try:
+        with pytest.raises(DataError, match=r"'small' declares .* 4096 bytes: over the limit of 1024 bytes"):
+            small.load("small")
+    finally:
+        small.close()
+
+
+@pytest.mark.timeout(60)  # a FIFO used to block the read forever
+def test_feature_entries_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
+    """A link to /dev/zero ended in a MemoryError (or ate all memory), a FIFO blocked: every entry that is
+    not a regular file is refused naming it, links to devices included."""
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    (feats / "zero.npy").symlink_to("/dev/zero")
+    os.mkfifo(feats / "fifo.npy")
+    (feats / "dir.npy").mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(feats / "sock.npy"))
+        store = NpyDirectory(str(feats), follow_links=True)
+        for video, kind in [("zero", "a character device"), ("fifo", "a FIFO"), ("dir", "a directory")]:
+            with pytest.raises(
+                DataError, match=rf"feats/{video}\.npy: not a regular file \({kind}\); refused"
+            ):
+                store.load(video)
+        with pytest.raises(DataError, match=r"feats/sock\.npy: cannot be opened"):
+            store.load("sock")
+    with pytest.raises(DataError, match=r"zero\.npy: a link to /dev/zero, outside the feature directory"):
+        NpyDirectory(str(feats)).load("zero")
+
+
+def test_links_leaving_the_feature_directory_need_follow_links(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shared feature store linked in is read only with --follow-links; links inside the folder always."""
+    store, feats = tmp_path / "store", tmp_path / "feats"
+    store.mkdir()
+    feats.mkdir()
+    for video in ("v1", "v2", "v3"):
+        np.save((store if video != "v3" else feats) / f"{video}.npy", np.ones((4, 8), np.float32))
+    (feats / "v1.npy").symlink_to("../store/v1.npy")
+    (feats / "v2.npy").symlink_to(store / "v2.npy")
+    (feats / "v4.npy").symlink_to("v3.npy")
+    assert NpyDirectory(str(feats)).load("v4").shape == (4, 8)
+    args = ["prepare", "generic", "--annotations", _generic(tmp_path / "ann.jsonl", ["v1", "v2", "v3", "v4"])]
+    args += ["--features", str(feats), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"feats/v1.npy: a link to {store}/v1.npy, outside the feature directory; refused" in line
+    assert "--follow-links" in line
+    assert main([*args, "--out", str(tmp_path / "b"), "--follow-links"]) == 0
+    assert read_dataset_info(str(tmp_path / "b"))["counts"]["videos"] == 4
+
+
+class _NoReadMemory(MemoryFileSystem):
+    """The in-memory object store, failing any attempt to open a file: sizes must come from `info` first."""
+
+    def _open(self, path: str, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{path} was opened")
+
+
+def test_feature_size_is_bounded_before_reading_on_object_stores() -> None:
+    """On an object store there are no links or devices, but the size still comes from `info` before a read."""
+    root = f"memory://feats-{uuid.uuid4().hex}"
+    with fsspec.open(f"{root}/v1.npy", "wb") as f:
+        np.save(f, np.ones((1024, 64), np.float32))  # 256 KiB + a 128-byte header
+    assert NpyDirectory(root).load("v1").shape == (1024, 64)
+    store = NpyDirectory(root, max_bytes=1024)
+    store.fs = _NoReadMemory()
+    with pytest.raises(DataError, match=r"v1\.npy: 262272 bytes, over the limit of 66560 bytes per video"):
+        store.load("v1")
 
 
 # ---- shards: the attacker controls the whole dataset, checksums included ---------------------------
@@ -227,6 +371,134 @@ def test_links_in_a_shard_are_never_followed(tmp_path: Path, kind: bytes, target
     assert sum(len(b.video_ids) for b in batches) == 2 and stream.corrupt_samples == 1
     assert "members ['json'], expected exactly ['json', 'npy']" in stream.corrupt_messages[0]
     assert not any((b.video_feats == 7.0).any() for b in batches)
+
+
+class _Zeros(io.RawIOBase):
+    """`head` followed by zeros up to `size` bytes, produced as read (never held whole)."""
+
+    def __init__(self, head: bytes, size: int):
+        self.head, self.size, self.pos = head, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = min(len(buffer), self.size - self.pos)
+        chunk = (self.head[self.pos : self.pos + n] + bytes(n))[:n]
+        buffer[:n] = chunk
+        self.pos += n
+        return n
+
+
+def _one_video_per_shard(tmp_path: Path, feature_dim: int = 8) -> tuple[str, dict]:
+    """A 3-video dataset, one video per shard; returns its URL and the manifest row of the first video."""
+    url = str(tmp_path / "ds")
+    groups = generate(3, seed=0, feature_dim=feature_dim)
+    write_dataset(groups, url, dataset="s", split="train", shard_size_mb=0.001, progress=False)
+    assert len(shard_urls(url)) == 3
+    return url, read_manifest(url).to_pylist()[0]
+
+
+def _batches(url: str, **cfg: object) -> tuple[list, object]:
+    stream = iter_batches(
+        shard_urls(url), Vocab.load(f"{url}/vocab.json"), DataConfig(max_clips=8, **cfg), shuffle=False
+    )
+    return list(stream), stream
+
+
+def test_compressed_shard_cannot_inflate_a_member_into_memory(tmp_path: Path) -> None:
+    """A re-signed shard, gzip-compressed, holding a 256 MiB `.npy` of zeros in ~260 KB (the attack: 4.5 MB
+    holding 1 GB, 2.5 GB peak RSS). The member's declared size is over what the manifest allows that sample
+    (n_clips x tokens x dim x 4 + a header), so it is counted as corrupt without being read."""
+    url, row = _one_video_per_shard(tmp_path)
+    with tarfile.open(Path(url, row["shard"])) as tar:
+        doc = tar.extractfile(f"{row['key']}.json").read()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 23, 8)}
+    )
+    size = len(header.getvalue()) + (1 << 28)
+    with tarfile.open(Path(url, row["shard"]), "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo(f"{row['key']}.json")
+        info.size = len(doc)
+        tar.addfile(info, io.BytesIO(doc))
+        info = tarfile.TarInfo(f"{row['key']}.npy")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(_Zeros(header.getvalue(), size)))
+    assert Path(url, row["shard"]).stat().st_size < 2_000_000
+    _resign(url)
+    tracemalloc.start()
+    try:
+        batches, stream = _batches(url)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(b.num_videos for b in batches) == 2 and stream.corrupt_samples == 1
+    bound = row["n_clips"] * 5 * 8 * 4 + (1 << 16)
+    assert re.search(
+        rf"shard-000000\.tar \[{row['key']}\.npy\]: member declares {size} bytes, over its bound of {bound} "
+        r"\(the manifest's size of that sample\); not read",
+        stream.corrupt_messages[0],
+    )
+    assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_member_over_max_sample_mb_is_refused(tmp_path: Path) -> None:
+    """A sample the manifest does not list gets the configurable cap, `data.max_sample_mb`."""
+    url, _ = _one_video_per_shard(tmp_path)
+    big = dataclasses.replace(
+        generate(1, seed=5, feature_dim=8)[0], features=np.ones((2000, 5, 8), np.float32)
+    )
+    good = encode_sample(big, "vid")  # 320 KB of features; the others hold under 20 KB
+    Path(shard_urls(url)[0]).write_bytes(_tar({"vid.json": good["json"], "vid.npy": good["npy"]}))
+    _resign(url)
+    assert sum(b.num_videos for b in _batches(url)[0]) == 3
+    batches, stream = _batches(url, max_sample_mb=0.1)
+    assert sum(b.num_videos for b in batches) == 2 and stream.corrupt_samples == 1
+    assert (
+        "[vid.npy]: member declares 320128 bytes, over its bound of 104857 (data.max_sample_mb); not read"
+        in (stream.corrupt_messages[0])
+    )
+
+
+def test_sample_of_another_feature_shape_is_counted_naming_shard_and_video(tmp_path: Path) -> None:
+    """A sample whose feature dim differs from its dataset's stopped the run in collate ("video groups
+    disagree", naming neither shard nor video); it is a corrupt sample now, under max_corrupt_samples."""
+    url, row = _one_video_per_shard(tmp_path)
+    odd = generate(1, seed=5, feature_dim=16)[0]
+    good = encode_sample(odd, row["key"])
+    Path(url, row["shard"]).write_bytes(
+        _tar({f"{row['key']}.json": good["json"], f"{row['key']}.npy": good["npy"]})
+    )
+    _resign(url)
+    batches, stream = _batches(url, max_corrupt_samples=1)
+    assert sum(b.num_videos for b in batches) == 2 and stream.corrupt_samples == 1
+    assert (
+        f"{Path(url, row['shard'])} [{row['key']}]: video {odd.video_id!r} has features of 5 tokens x 16 dims per "
+        "clip; its dataset's are 5 x 8 (dataset.json)"
+    ) in stream.corrupt_messages[0]
+    with pytest.raises(
+        DataError, match=rf"more than max_corrupt_samples=0; .*video {odd.video_id!r} has features"
+    ):
+        _batches(url, max_corrupt_samples=0)
+
+
+def test_shard_times_infinite_in_float32_are_a_corrupt_sample(tmp_path: Path) -> None:
+    """A duration of 1e308 s is finite in float64 (the JSON schema passed it) and inf in float32 (NaN loss)."""
+    url, row = _one_video_per_shard(tmp_path)
+    group = generate(1, seed=5, feature_dim=8)[0]
+    sample = encode_sample(group, row["key"])
+    doc = json.loads(sample["json"])
+    doc["duration"] = 1e308
+    members = {f"{row['key']}.json": json.dumps(doc).encode(), f"{row['key']}.npy": sample["npy"]}
+    Path(url, row["shard"]).write_bytes(_tar(members))
+    _resign(url)
+    batches, stream = _batches(url)
+    assert sum(b.num_videos for b in batches) == 2 and stream.corrupt_samples == 1
+    assert (
+        "duration 1e+308 seconds is outside the accepted range [0.001, 1e+06]" in stream.corrupt_messages[0]
+    )
+    assert all(torch.isfinite(b.durations).all() for b in batches)
 
 
 @pytest.mark.parametrize("name", ["dataset.json", "vocab.json", "manifest.parquet", "shards.parquet"])
@@ -362,22 +634,22 @@ def _artifact(root: Path, pattern: str) -> Path:
 def test_registry_artifact_with_a_pickle_is_refused(registered: str, tmp_path: Path, marker: Path) -> None:
     """The registered version's safetensors replaced by a pickle in the artifact store: `mktn predict`'s
     loader refuses it without running it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     _artifact(tmp_path, "*.safetensors").write_bytes(_pickle(marker))
     with pytest.raises(Exception):  # noqa: B017 - the property is "refused", whatever the library's error
-        load_predictor(registered)
+        Predictor.load(registered)
 
 
 def test_registry_artifact_code_file_is_not_run(registered: str, tmp_path: Path) -> None:
     """A tampered artifact store replaces the stored entry file: predicting must not execute it."""
-    from cluster.pyfunc_model import load_predictor
+    from cluster.serve.predictor import Predictor
 
     ran = tmp_path / "CODE-RAN"
     entry = _artifact(tmp_path, "pyfunc_entry.py")
     entry.write_text(f"open({str(ran)!r}, 'w')\n" + entry.read_text())
     try:
-        load_predictor(registered)
+        Predictor.load(registered)
     finally:
         assert not ran.exists(), "code from the registry artifact was executed"
 
@@ -463,9 +735,8 @@ yaml.safe_load(s); model.eval(); json.loads(s)
 def test_no_unsafe_deserialisation_in_the_source_tree() -> None:
     """Every package and benchmark: no pickle/marshal/shelve loads, torch.load only with weights_only=True,
     np.load never with allow_pickle=True, YAML only through the safe loader, no pickle-based MLflow flavours."""
-    files = [
-        p for d in ("data_pipeline", "mktn", "cluster", "bench") for p in sorted((REPO / d).rglob("*.py"))
-    ]
+    folders = ("data_pipeline", "mktn", "cluster", "bench", "scripts")
+    files = [REPO / "strict_config.py", *(p for d in folders for p in sorted((REPO / d).rglob("*.py")))]
     assert len(files) > 20
     problems = [
         f"{path.relative_to(REPO)}:{line}: {what}"

@@ -1,4 +1,4 @@
-"""cluster.storage against a real S3 server on loopback (moto) and the local disk."""
+"""cluster.job.storage against a real S3 server on loopback (moto) and the local disk."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from s3fs import S3FileSystem
 
-from cluster.storage import (
+from cluster.job.storage import (
     canonical_url,
     download_folder,
     exists,
@@ -211,8 +211,8 @@ def test_remote_run_folder_without_a_tracking_server_is_refused_before_ray(s3_bu
 
 
 def test_run_folder_on_s3_round_trips_and_spools_locally(s3_bucket, monkeypatch, tmp_path):
-    from cluster.config import load_config
-    from cluster.run_folder import RunFolder
+    from cluster.job.config import load_config
+    from cluster.job.run_folder import RunFolder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = RunFolder(f"{s3_bucket}/runs/r1/", load_config(CONFIG), "http://127.0.0.1:5000", "abc")
@@ -230,9 +230,9 @@ def test_run_folder_on_s3_round_trips_and_spools_locally(s3_bucket, monkeypatch,
 
 
 def test_open_model_reads_a_run_folder_on_s3(s3_bucket):
-    from cluster.config import load_config
-    from cluster.model_source import open_model
-    from cluster.run_folder import RunFolder
+    from cluster.job.config import load_config
+    from cluster.job.run_folder import RunFolder
+    from cluster.serve.model_source import open_model
     from mktn.export import save_model
     from tests.model_support import model_for, small_config, tiny_groups
 

@@ -3,8 +3,8 @@ the same manifest and batches as on a local disk (loopback S3 server)."""
 
 from __future__ import annotations
 
-from cluster.assign import read_dataset_shards
-from cluster.storage import filesystem_for
+from cluster.job.storage import filesystem_for
+from cluster.train.assign import read_dataset_shards
 from data_pipeline.config import DataConfig
 from data_pipeline.loader import iter_batches
 from data_pipeline.prepare import prepare_synthetic

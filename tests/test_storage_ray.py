@@ -1,4 +1,4 @@
-"""Ray Train checkpoints on an S3 server through `cluster.storage.pyarrow_filesystem`, and resume from them."""
+"""Ray Train checkpoints on an S3 server through `cluster.job.storage.pyarrow_filesystem`, and resume from them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 import boto3
 import pytest
 
-from cluster.storage import pyarrow_filesystem
+from cluster.job.storage import pyarrow_filesystem
 
 pytest_plugins = ["tests.s3_server"]  # the s3_server / s3_bucket fixtures
 

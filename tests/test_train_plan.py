@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.assign import ShardInfo, assign_shards, read_dataset_shards, steps_lower_bound
-from cluster.checkpoint import TrainState
-from cluster.config import load_config
-from cluster.deepspeed_config import deepspeed_config
-from cluster.lockstep import lockstep
-from cluster.preflight import check_job
-from cluster.run_folder import resumed_config
+from cluster.job.config import load_config
+from cluster.job.run_folder import resumed_config
+from cluster.train.assign import ShardInfo, assign_shards, read_dataset_shards, steps_lower_bound
+from cluster.train.checkpoint import TrainState
+from cluster.train.deepspeed_config import deepspeed_config
+from cluster.train.lockstep import lockstep
+from cluster.train.preflight import check_job
 from data_pipeline.prepare import prepare_synthetic
 from data_pipeline.shards import read_manifest
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.metric_sink import MetricSink, read_spool
-from cluster.tracking import TrackingUnavailable, default_tracking_uri, retrying
+from cluster.tracking.metric_sink import MetricSink, read_spool
+from cluster.tracking.retry import TrackingUnavailable, retrying
+from cluster.tracking.store import default_tracking_uri
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connections are refused at once
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.config import ConfigError, load_config
-from cluster.tune import concurrent_trials, load_search, probe_jobs, with_final_validation
-from cluster.tune_results import TrialRow, best_trial
+from cluster.job.config import ConfigError, load_config
+from cluster.tune.results import TrialRow, best_trial
+from cluster.tune.search import concurrent_trials, load_search, probe_jobs, with_final_validation
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = str(REPO / "configs" / "synthetic.yaml")

@@ -1,19 +1,24 @@
 """Helpers for the tests that run real training jobs: a tiny sharded dataset, `mktn train` as a subprocess,
-and readers for what a run left behind (MLflow, the batch audit, Ray's checkpoints)."""
+the faults a long job must survive (`train_through_faults`: the run the default suite shares), and readers
+for what a run left behind (MLflow, the batch audit, Ray's checkpoints)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import psutil
 from mlflow.tracking import MlflowClient
 
 from data_pipeline.prepare import prepare_synthetic
@@ -149,3 +154,88 @@ def checkpoints(output: Path) -> list[str]:
         return []
     state = json.loads(snapshot.read_text())
     return [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])]
+
+
+def worker_pid(output: Path, rank: int, epoch: int, exclude: set[int]) -> int | None:
+    """The pid of `rank`'s worker once it trains in `epoch` (0-based), unless it is one of `exclude`."""
+    pids = [
+        x["pid"]
+        for x in audit(output)
+        if x["rank"] == rank and x["epoch"] == epoch and x["pid"] not in exclude
+    ]
+    return pids[-1] if pids else None
+
+
+def last_step(output: Path, epoch: int | None = None) -> int:
+    """The global step at the end of `epoch` (0-based; None: of the whole run), from the batch audit."""
+    return max(x["step"] for x in audit(output) if epoch is None or x["epoch"] == epoch)
+
+
+def kill_driver(job: subprocess.Popen, output: Path) -> set[int]:
+    """SIGKILL the driver's process group (the driver and the local Ray it started); wait for its workers to
+    exit; returns their pids."""
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    workers = {x["pid"] for x in audit(output)}
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in workers), "the workers to exit", timeout=60)
+    return workers
+
+
+def interrupt_checkpoint_write(output: Path, committed: int) -> None:
+    """What a writer killed mid-copy leaves behind: the next checkpoint's folder, truncated shards, no state file."""
+    storage = output / "ray" / "train"
+    partial = storage / f"checkpoint_epoch{committed + 1:04d}" / "ds"
+    shutil.copytree(storage / f"checkpoint_epoch{committed:04d}" / "ds", partial, dirs_exist_ok=True)
+    for shard in partial.iterdir():
+        shard.write_bytes(shard.read_bytes()[:100])
+    (partial.parent / "mktn_state.json").unlink(missing_ok=True)
+
+
+# The run the default suite shares: 2 workers under ZeRO-3, a corrupt training sample, 4 epochs.
+SHARED_RUN = [
+    "cluster.num_workers=2",
+    "deepspeed.zero_stage=3",
+    "train.epochs=4",
+    "train.keep_best=1",
+    "data.verify_checksums=false",
+]
+
+
+@dataclass
+class FaultedRun:
+    """A finished run that survived a killed worker and a killed driver, and what was done to it."""
+
+    output: Path
+    data: tuple[str, str]  # (train with the corrupt sample, val)
+    broken: str  # the key (video id) of the corrupt sample
+    log: Path
+    first_driver: set[int]  # the worker pids before the driver was killed
+    killed_worker: int
+    committed: int  # the last checkpoint committed when the driver was killed
+
+
+def train_through_faults(root: Path, data: tuple[str, str]) -> FaultedRun:
+    """`mktn train` (`SHARED_RUN`) with a corrupt sample in its training shards; rank 1's worker SIGKILLed in
+    epoch 2 (Ray restarts the worker group from checkpoint 1); after checkpoint 2 the driver SIGKILLed and the
+    next checkpoint's write left interrupted; then `mktn train --resume` (no CONFIG: the saved one) finishes."""
+    train = shutil.copytree(data[0], root / "train")
+    broken = break_one_sample(str(train))
+    out, log = root / "run", root / "train.log"
+    args = train_args(out, (str(train), data[1]), *SHARED_RUN)
+    job = start(args, log)
+    try:
+        wait_for(lambda: "checkpoint_epoch0001" in checkpoints(out), "the first checkpoint", process=job)
+        worker = wait_for(lambda: worker_pid(out, rank=1, epoch=1, exclude=set()), "epoch 2", process=job)
+        os.kill(worker, signal.SIGKILL)
+        wait_for(
+            lambda: "checkpoint_epoch0002" in checkpoints(out), "checkpoint 2 after a restart", process=job
+        )
+    except BaseException:
+        os.killpg(job.pid, signal.SIGKILL)
+        raise
+    first_driver = kill_driver(job, out)
+    committed = max(int(name.removeprefix("checkpoint_epoch")) for name in checkpoints(out))
+    assert committed < 4, "the job finished before the driver was killed"
+    interrupt_checkpoint_write(out, committed)
+    run([*args[:4], "--output", str(out), "--resume"], log)
+    return FaultedRun(out, (str(train), data[1]), broken, log, first_driver, worker, committed)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import codecs
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import fsspec
 
-from data_pipeline.errors import DataError, ErrorLog
+from data_pipeline.errors import DataError, ErrorLog, LineError
+from data_pipeline.ranges import check_fps
 
 TimeUnit = Literal["seconds", "frames"]
 _FLOAT_MAX = sys.float_info.max
+MAX_LINE_BYTES = 1 << 20
+"""Longest line of a line-based file (annotations, query rows); longer ones are refused without being held."""
+MAX_LINE_ERRORS = 1000
+"""Bad lines `read_rows` reports before it stops reading the file."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,15 +53,62 @@ def read_bytes(url: str) -> bytes:
     return data
 
 
+def stream_lines(url: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | LineError]]:
+    """(1-based line number, text) of each non-blank line of `url` (any fsspec URL), read 64 KiB at a time so
+    that memory never holds more than one line, whatever the file's size. A line longer than `max_line_bytes`
+    (never held whole) or not UTF-8 comes as a `LineError` instead of its text, for the caller to raise or
+    count. A UTF-8 byte-order mark is dropped; a file without a non-blank line is a `DataError`."""
+    try:
+        f = fsspec.open(url, "rb").open()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{url}: annotation file not found") from exc
+    seen = False
+    with f:
+        for number, raw in _chunked_lines(f, max_line_bytes):
+            if raw is None:
+                seen = True
+                yield (
+                    number,
+                    LineError(url, number, f"line is longer than the limit max_line_bytes={max_line_bytes}"),
+                )
+                continue
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError as exc:
+                seen = True
+                yield number, LineError(url, number, f"not valid UTF-8 (byte {exc.start} of the line)")
+                continue
+            if line.strip():
+                seen = True
+                yield number, line
+    if not seen:
+        raise DataError(f"{url}: file is empty (expected annotations)")
+
+
+def _chunked_lines(f: Any, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the newline) per line of the binary file `f`, read in chunks; None instead
+    of the bytes of a line longer than `limit`, which is skipped without ever being held whole."""
+    number, buffer, too_long = 0, b"", False
+    while chunk := f.read(1 << 16):
+        *complete, buffer = (buffer + chunk).split(b"\n")
+        for line in complete:
+            number += 1
+            yield number, None if too_long or len(line) > limit else line
+            too_long = False
+        if len(buffer) > limit:
+            buffer, too_long = b"", True
+    if buffer or too_long:
+        yield number + 1, None if too_long else buffer
+
+
 def read_lines(url: str, log: ErrorLog) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of each non-blank line; a line that is not UTF-8 goes to `log`."""
-    for number, raw in enumerate(read_bytes(url).split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            log.fail(DataError(f"{url}:{number}: not valid UTF-8 (byte {exc.start} of the line)"))
-            continue
-        if line.strip():
+    """(1-based line number, text) of each non-blank line, streamed; a bad line (see `stream_lines`) goes to `log`."""
+    for number, line in stream_lines(url):
+        if isinstance(line, LineError):
+            log.fail(line)
+        else:
             yield number, line
 
 
@@ -89,17 +142,51 @@ def read_jsonl(url: str, log: ErrorLog) -> Iterator[tuple[str, dict[str, Any]]]:
     for number, line in read_lines(url, log):
         where = f"{url}:{number}"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            log.fail(DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        except (ValueError, RecursionError) as exc:
-            log.fail(DataError(f"{where}: invalid JSON ({exc})"))
+            obj = _json_line(line)
+        except ValueError as exc:
+            log.fail(DataError(f"{where}: {exc}"))
             continue
         if not isinstance(obj, dict):
             log.fail(DataError(f"{where}: expected a JSON object, got {type(obj).__name__}"))
             continue
         yield where, obj
+
+
+def read_rows(
+    url: str,
+    parse: Callable[[Any, int], T],
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_errors: int = MAX_LINE_ERRORS,
+) -> tuple[list[T], list[LineError]]:
+    """`parse(value, line)` of each line's JSON value of a JSON Lines file, streamed, and a `LineError` per line
+    that is too long, not UTF-8, not JSON or refused by `parse` (a `ValueError`). More than `max_errors` bad
+    lines stop the read with a `DataError`: a file that is mostly refusals is not the expected kind, and its
+    errors would otherwise fill memory (a million bad lines)."""
+    rows: list[T] = []
+    errors: list[LineError] = []
+    for number, line in stream_lines(url, max_line_bytes):
+        try:
+            if isinstance(line, LineError):
+                raise line
+            rows.append(parse(_json_line(line), number))
+        except ValueError as exc:
+            errors.append(exc if isinstance(exc, LineError) else LineError(url, number, str(exc)))
+            if len(errors) > max_errors:
+                raise DataError(
+                    f"{url}: more than max_errors={max_errors} bad lines, stopped at line {number} "
+                    f"(first: {errors[0]})"
+                ) from None
+    return rows, errors
+
+
+def _json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"invalid JSON ({exc})") from None
 
 
 def require(obj: dict[str, Any], key: str, where: str) -> Any:
@@ -165,8 +252,6 @@ def _caption_entry(entry: Any, where: str, unit: TimeUnit) -> tuple[list[Any], l
         raise DataError(f"{where}: 'timestamps' and 'sentences' must be lists of the same length")
     if unit == "seconds":
         return stamps, sentences, number(require(entry, "duration", where), "duration", where), 1.0
-    fps = number(require(entry, "fps", where), "fps", where)
-    if fps <= 0:
-        raise DataError(f"{where}: fps must be > 0, got {fps}")
+    fps = check_fps(number(require(entry, "fps", where), "fps", where), "fps", where)
     frames = number(require(entry, "num_frames", where), "num_frames", where)
     return stamps, sentences, frames / fps, 1.0 / fps
