@@ -89,7 +89,9 @@ class EncodedVideos:
 
         pairs = None
         if self.pairs is not None:
-            pairs = PairEmbeddings(**{f: swap(getattr(self.pairs, f)) for f in self.pairs.__dataclass_fields__})
+            pairs = PairEmbeddings(
+                **{f: swap(getattr(self.pairs, f)) for f in self.pairs.__dataclass_fields__}
+            )
         memory = [(swap(k), swap(v)) for k, v in self.memory]
         return EncodedVideos(swap(self.clips), self.mask, swap(self.merged), memory, pairs)
 
