@@ -39,8 +39,7 @@ from data_pipeline.text import Vocab
 from data_pipeline.types import VideoGroup
 from mktn.config import ModelConfig
 from mktn.fit import synthetic_vocab
-from mktn.model import MKTN, build_model
-from mktn.video_encoder import VideoEncoding
+from mktn.model import MKTN, EncodedVideos, build_model
 
 NAME = "mp_vs_sp"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
@@ -116,7 +115,7 @@ class Contender:
     def __init__(self, model: MKTN, lr: float):
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        self._encoded: dict[int, VideoEncoding] = {}
+        self._encoded: dict[int, EncodedVideos] = {}
 
     def train_step(self, batch: Batch) -> None:
         """Forward, backward and AdamW step: what training does per batch."""
@@ -142,27 +141,22 @@ class Contender:
         return batch.query_video if self.model.cfg.cross_pair else torch.arange(batch.num_queries)
 
     def encode_step(self, batch: Batch) -> None:
-        """E: forward and backward of the video encoder alone (unit upstream gradients)."""
+        """E: forward and backward of the per-video work alone (unit upstream gradients)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model.encode_videos(*self.videos(batch))
-        torch.autograd.backward(
-            [out.clips, out.tokens], [torch.ones_like(out.clips), torch.ones_like(out.tokens)]
-        )
+        outputs = self.model.encode_videos(*self.videos(batch), with_pairs=True).outputs()
+        torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
 
     def encode_once(self, batch: Batch) -> None:
         """Encode `batch`'s videos ahead of `ground_step`, outside the timed region."""
         with torch.no_grad():
-            self._encoded[id(batch)] = self.model.encode_videos(*self.videos(batch))
+            self._encoded[id(batch)] = self.model.encode_videos(*self.videos(batch), with_pairs=True)
 
     def ground_step(self, batch: Batch) -> None:
         """F: forward and backward of everything after the video encoder, from the videos `encode_once` encoded."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        enc = self._encoded[id(batch)]
-        leaf = VideoEncoding(
-            enc.clips.detach().requires_grad_(), enc.tokens.detach().requires_grad_(), enc.mask
-        )
+        leaf = self._encoded[id(batch)].detached()
         self.model.ground(batch, leaf, self.query_videos(batch)).losses["total"].backward()
 
     def encoded_videos(self, batch: Batch) -> int:

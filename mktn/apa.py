@@ -45,13 +45,23 @@ class APA(nn.Module):
             self.activity_value = nn.Linear(d_model, d_model)  # V_f
 
     def frames(self, objects: Tensor, object_mask: Tensor, clips: Tensor, clip_mask: Tensor) -> Tensor:
-        """Frame prototypes p_f = (p_f + v_g) / 2 (B_v, T, d) from the frame decoder with the Eq. 5 mask."""
+        """Frame prototypes p_f = (p_f + v_g) / 2 (B_v, T, d) from the frame decoder with the Eq. 5 mask.
+
+        Under Eq. 5 frame query i attends to the N_a prototypes of clip i alone, so the decoder runs as T
+        attentions over N_a keys each (O(T N_a)), not as one masked T x (T N_a) attention; without the mask
+        every frame query sees every real prototype of the video.
+        """
         b, t, n_a, d = objects.shape
-        flat, flat_mask = objects.reshape(b, t * n_a, d), object_mask.reshape(b, 1, t * n_a)
-        allowed = flat_mask & frame_block_mask(t, n_a, objects.device) if self.cfg.frame_mask else flat_mask
         q_f = self.frame_queries[:t].expand(b, t, d)
-        frames = q_f + masked_attention(q_f, self.frame_key(flat), self.frame_value(flat), allowed)
-        return (frames + clips) / 2 * clip_mask[..., None].to(clips.dtype)
+        keys, values = self.frame_key(objects), self.frame_value(objects)  # C_a, V_a: (B_v, T, N_a, d)
+        if self.cfg.frame_mask:
+            attended = masked_attention(q_f[:, :, None], keys, values, object_mask[:, :, None])[:, :, 0]
+        else:
+            flat = (b, t * n_a, d)
+            attended = masked_attention(
+                q_f, keys.reshape(flat), values.reshape(flat), object_mask.reshape(b, 1, t * n_a)
+            )
+        return (q_f + attended + clips) / 2 * clip_mask[..., None].to(clips.dtype)
 
     def prototypes(self, objects: Tensor, object_mask: Tensor, clips: Tensor, clip_mask: Tensor) -> Tensor:
         """Activity prototypes P_e (B_v, K, d) from object prototypes (B_v, T, N_a, d) and global clips (B_v, T, d)."""

@@ -15,7 +15,8 @@ class CSMConfig(StrictConfig):
     enabled: bool = True
     temporal_position: bool = True  # positional embedding by annotation-order index
     contextual_attention: bool = True  # self-attention among a video's queries
-    word_memory: bool = True  # decoder memory includes word-level tokens (cross-granularity)
+    word_memory: bool = True  # decoder memory includes the words of the video's queries (cross-granularity)
+    shared_words: bool = True  # each query's words read the words of the video's other queries
     cross_video: bool = False  # self-attention also across the videos of the batch
     num_layers: int = Field(1, ge=1)
 
@@ -55,15 +56,14 @@ class APAConfig(StrictConfig):
 
 
 class LossConfig(StrictConfig):
-    """Weights of Eq. 11: L = L_CL + lambda*L_1 + gamma*L_2 + mu*L_3."""
+    """Weights of Eq. 11: L = cl_weight * L_CL + lambda_1 * L_1 + gamma * L_2 + mu * L_3 (cl_weight 1 in the paper)."""
 
     lambda_1: float = Field(0.1, ge=0)  # RINCE prototype losses (Eq. 8)
     gamma: float = Field(1.0, ge=0)  # the backbone loss L_2: span CE (Eq. 9) or proposal-map BCE
     mu: float = Field(1.0, ge=0)  # float regression + CSM auxiliary (Eq. 10)
-    cl_weight: float = Field(0.1, ge=0)  # scale of L_CL (1.0 = the paper's Eq. 11)
-    rince_scale: float = Field(5.0, gt=0)  # RINCE logits = rince_scale * cosine similarity
-    rince_tau_init: float = Field(0.5, gt=0, le=1)  # initial q of RINCE (Eq. 6-7), learnable in (0, 1]
-    rince_alpha_init: float = Field(0.5, gt=0, le=1)  # initial lambda of RINCE, learnable in (0, 1]
+    cl_weight: float = Field(1.0, ge=0)  # scale of L_CL (Eq. 11: 1)
+    rince_scale: float = Field(10.0, gt=0)  # RINCE logits = rince_scale * cosine similarity (1 / temperature)
+    rince_q: float = Field(0.5, gt=0, le=1)  # q (the paper's tau) of RINCE: -> 0 InfoNCE, 1 MAE-like (robust)
 
 
 class ProposalMapConfig(StrictConfig):

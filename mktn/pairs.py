@@ -1,4 +1,4 @@
-"""The embeddings the cross-pair losses compare (AVM, OPM, APA), for one batch or for every worker's batch."""
+"""The embeddings the cross-pair modules compare (AVM, OPM, APA), for one batch or for every worker's batch."""
 
 from __future__ import annotations
 
@@ -11,20 +11,19 @@ from torch import Tensor
 class PairEmbeddings:
     """Video-side tensors lead with B_v, query-side ones with B_q; `query_video` (B_q,) links them.
 
-    Fields of modules that are switched off stay None.
+    Fields of modules that are switched off stay None. Video-side fields come from `MKTN.encode_videos`
+    (once per video), query-side ones from `MKTN.ground`.
     """
 
-    query_video: Tensor
     clip_mask: Tensor  # (B_v, T)
-    word_mask: Tensor  # (B_q, N_q)
-    clips: Tensor | None = None  # (B_v, T, d) attended global tokens (AVM's Eq. 1 score)
-    words_ws: Tensor | None = None  # (B_q, N_q, d) Q W_S (AVM's Eq. 1 score)
-    video_embed: Tensor | None = None  # (B_v, d) Norm(zeta(F_v)) pooled (Eq. 3)
-    query_embed: Tensor | None = None  # (B_q, d) Norm(zeta(F_w)) pooled (Eq. 3)
+    query_video: Tensor | None = None  # (B_q,) index of each query's video
+    word_mask: Tensor | None = None  # (B_q, N_q)
+    clips_t: Tensor | None = None  # (B_v, T, d) AVM's transferred clips F'_v (unit vectors)
+    words_t: Tensor | None = None  # (B_q, N_q, d) AVM's transferred words F'_w (unit vectors)
     appearance: Tensor | None = None  # (B_v, T, N_a, d) object prototypes P_a
-    appearance_mask: Tensor | None = None  # (B_v, T, N_a)
+    appearance_mask: Tensor | None = None  # (B_v, T, N_a) alive prototypes of real clips
     phrases: Tensor | None = None  # (B_q, N_p, d) phrase prototypes P_p
-    phrase_mask: Tensor | None = None  # (B_q, N_p)
+    phrase_mask: Tensor | None = None  # (B_q, N_p) alive phrase prototypes
     activities: Tensor | None = None  # (B_v, K, d) activity prototypes P_e
     sentence: Tensor | None = None  # (B_q, d) sentence prototypes q_e
 
